@@ -60,15 +60,17 @@ def plan_resources(cpus: int, gpus: int) -> Resources:
     >>> plan_resources(2, 0).model_actors
     1
     """
-    if cpus < 1:
-        raise ValueError(f"Expected at least 1 CPU for Ray, found {cpus}.")
     if gpus > 0:
-        # One actor per GPU; each keeps one CPU so the rest decode and preprocess.
-        actors = gpus
-        return Resources(cpus, gpus, "cuda", actors, 1.0, 1.0, 1, 128)
+        # One actor per GPU; each keeps at most one CPU (and never more than half of them) so
+        # the other CPUs decode and preprocess.
+        cpu_share = min(1.0, cpus / (2 * gpus))
+        return Resources(cpus, gpus, "cuda", gpus, cpu_share, 1.0, 1, 128)
     # CPU only: the model actors take at most half the CPUs, so read and preprocessing tasks
     # always find a free CPU (2 actors x 1 CPU on 2 CPUs deadlocks against the read tasks).
     # Each actor still runs torch on its share of the cores.
+    if cpus < 2:
+        raise ValueError(f"Expected at least 2 CPUs in Ray for a model stage plus read tasks, found {cpus}. "
+                         "Try: COURSE_CPUS=2 (Ray's CPUs are logical; a 1-core machine can run 2).")
     actors = max(1, cpus // 2)
     return Resources(cpus, 0, "cpu", actors, 1.0, 0.0, max(1, cpus // actors), 16)
 
@@ -123,7 +125,7 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
         if address:
             ray.init(address=address, **options)
         else:
-            cpus = int(os.environ.get("COURSE_CPUS", os.cpu_count() or 1))
+            cpus = int(os.environ.get("COURSE_CPUS", max(2, os.cpu_count() or 1)))
             ray.init(num_cpus=cpus, num_gpus=_local_gpu_count(), include_dashboard=False, **options)
     _configure_output(quiet, progress)
     res = resources()

@@ -1,0 +1,122 @@
+"""The real `nbgrader autograde` grades Phase 1 right: reference 100 %, blank 0, a wrong schema partial.
+
+One class is graded end to end in a scratch course directory: generate_assignment, autograde,
+generate_feedback and export, exactly as an instructor runs them.
+"""
+
+from __future__ import annotations
+
+import csv
+from html import unescape
+import re
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from conftest import ROOT, SCORES
+
+pytestmark = pytest.mark.slow
+PHASE = "01_foundation"
+VALIDATION = "04_validation"
+
+
+def nbgrader(root, *args):
+    proc = subprocess.run([sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={root}", "--log-level=WARN"],
+                          cwd=root, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, f"nbgrader {args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def solved(release_nb, source_nb):
+    """The release notebook with every exercise answered by the reference solution."""
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in source_nb.cells if c.metadata.get("nbgrader", {}).get("solution")}
+    for cell in release_nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in answers:
+            cell.source = re.sub(r"\n?[ \t]*### (BEGIN|END) SOLUTION[^\n]*", "", answers[gid])
+    return release_nb
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    root = tmp_path_factory.mktemp("class")
+    shutil.copy(ROOT / "nbgrader_config.py", root)
+    shutil.copytree(ROOT / "solutions" / PHASE, root / "solutions" / PHASE)
+    nbgrader(root, "generate_assignment", PHASE, "--force")
+    release = root / "course" / PHASE
+
+    def submit(student, name, nb):
+        folder = root / "submitted" / student / PHASE
+        folder.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, folder / f"{name}.ipynb")
+
+    # reference: the whole phase, every exercise answered (lessons run under autograde too)
+    for path in sorted(release.glob("*.ipynb")):
+        submit("reference", path.stem, solved(nbformat.read(path, 4), nbformat.read(root / "solutions" / PHASE / path.name, 4)))
+    # blank: the release as handed out
+    submit("blank", VALIDATION, nbformat.read(release / f"{VALIDATION}.ipynb", 4))
+    # wrong: a plausible mistake - the word count column is named "words"
+    wrong = solved(nbformat.read(release / f"{VALIDATION}.ipynb", 4), nbformat.read(root / "solutions" / PHASE / f"{VALIDATION}.ipynb", 4))
+    for cell in wrong.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "text_pipeline":
+            assert '"word_count":' in cell.source
+            cell.source = cell.source.replace('"word_count":', '"words":')
+    submit("wrong_schema", VALIDATION, wrong)
+
+    nbgrader(root, "autograde", PHASE, "--create")
+    nbgrader(root, "generate_feedback", PHASE)
+    nbgrader(root, "export", f"--to={root / 'grades.csv'}")
+    return root
+
+
+def grades(root, student):
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        nb = gb.find_submission_notebook(VALIDATION, PHASE, student)
+        cells = {g.name: (g.score, g.max_score) for g in nb.grades}
+    total = sum(s for s, _ in cells.values())
+    most = sum(m for _, m in cells.values())
+    SCORES.append(f"{student:>13}: {total:g} / {most:g}  " + " ".join(f"{k}={s:g}" for k, (s, _) in sorted(cells.items())))
+    return cells
+
+
+def autograded(root, student):
+    return nbformat.read(root / "autograded" / student / PHASE / f"{VALIDATION}.ipynb", 4)
+
+
+def test_reference_scores_full_marks_without_stderr(course):
+    cells = grades(course, "reference")
+    assert cells and all(score == most for score, most in cells.values()), cells
+    for cell in autograded(course, "reference").cells:
+        if cell.metadata.get("nbgrader", {}).get("grade"):
+            assert not [o for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"], cell.source[:80]
+    for lesson in sorted((course / "autograded" / "reference" / PHASE).glob("0[0-3]_*.ipynb")):
+        errors = [o for c in nbformat.read(lesson, 4).cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert not errors, f"{lesson.name}: {errors[0].ename}: {errors[0].evalue}"
+
+
+def test_blank_scores_zero_on_every_graded_cell(course):
+    cells = grades(course, "blank")
+    assert cells and all(score == 0 for score, _ in cells.values()), cells
+
+
+def test_wrong_schema_gets_partial_credit_with_a_readable_reason(course):
+    cells = grades(course, "wrong_schema")
+    assert cells["text_word_counts"][0] == 0
+    assert all(score == most for name, (score, most) in cells.items() if name != "text_word_counts"), cells
+    html = unescape((course / "feedback" / "wrong_schema" / PHASE / f"{VALIDATION}.html").read_text())
+    assert "text results columns: expected ['text_id', 'word_count'], found ['text_id', 'words']. Try: add ['word_count']" in html
+
+
+def test_feedback_never_shows_hidden_tests(course):
+    for html in (course / "feedback").rglob("*.html"):
+        assert "BEGIN HIDDEN TESTS" not in html.read_text() and "_truth" not in html.read_text(), html
+
+
+def test_export_lists_every_student(course):
+    rows = list(csv.DictReader(open(course / "grades.csv")))
+    assert {r["student_id"] for r in rows} >= {"reference", "blank", "wrong_schema"}

@@ -1,0 +1,37 @@
+"""Resource sizing is computed in one place and never asks for a GPU that is not there."""
+
+import pytest
+
+from graders.session import is_grading, plan_resources
+
+
+@pytest.mark.parametrize("cpus", [2, 3, 4, 16, 64])
+def test_cpu_only_leaves_room_for_read_tasks(cpus):
+    res = plan_resources(cpus, 0)
+    assert res.accelerator == "cpu" and res.gpus_per_actor == 0
+    assert res.model_actors * res.cpus_per_actor <= cpus // 2, "actors would starve the read tasks (deadlock)"
+    assert res.model_actors * res.torch_threads <= cpus
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 8])
+def test_one_actor_per_gpu(gpus):
+    res = plan_resources(16, gpus)
+    assert res.accelerator == "cuda"
+    assert res.model_actors == gpus and res.gpus_per_actor == 1.0
+    assert res.batch_size >= 64
+
+
+def test_too_few_cpus_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least 2 CPUs"):
+        plan_resources(1, 0)
+
+
+def test_grading_mode_follows_nbgrader(monkeypatch):
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    monkeypatch.delenv("COURSE_QUIET", raising=False)
+    assert not is_grading()
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    assert is_grading()
+    monkeypatch.delenv("NBGRADER_EXECUTION")
+    monkeypatch.setenv("COURSE_QUIET", "1")
+    assert is_grading()
