@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
@@ -109,9 +111,11 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
     quiet = is_grading() if quiet is None else quiet
     progress = (not quiet) if progress is None else progress
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no auth-token warning on a local Ray
-    # Ray 2.60's C++ core logs a false alarm at ERROR level for every Ray Data actor pool
-    # (ray-project/ray#53727) straight to the process's stderr. Real failures still raise.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    if quiet and not ray.is_initialized():
+        # Ray 2.60's C++ core logs a false alarm at ERROR level for every Ray Data actor pool
+        # (ray-project/ray#53727) straight to the process's stderr. Graded cells must stay
+        # clean; real failures still raise Python exceptions. Lessons show the line and explain it.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
 
@@ -122,11 +126,12 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
             runtime_env={"env_vars": WORKER_ENV},
         )
         address = os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, **options)
-        else:
-            cpus = int(os.environ.get("COURSE_CPUS", max(2, os.cpu_count() or 1)))
-            ray.init(num_cpus=cpus, num_gpus=_local_gpu_count(), include_dashboard=False, **options)
+        with _native_stderr_captured():  # the C++ core announces its log level on stderr
+            if address:
+                ray.init(address=address, **options)
+            else:
+                cpus = int(os.environ.get("COURSE_CPUS", max(2, os.cpu_count() or 1)))
+                ray.init(num_cpus=cpus, num_gpus=_local_gpu_count(), include_dashboard=False, **options)
     _configure_output(quiet, progress)
     res = resources()
     if not quiet:
@@ -141,6 +146,25 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Hold what native code writes to file descriptor 2; show it only if the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _configure_output(quiet: bool, progress: bool) -> None:
