@@ -51,6 +51,25 @@ def _materialized(value, what: str, hint: str = "assign the Dataset, e.g. ray.da
               "fix that error in your exercise cell (Ray prints the full traceback above), run it, then check again.")
 
 
+def _expect_columns(ds, wanted, what: str, hint: str) -> None:
+    """Exactly these column names, with a hint that fits the exercise (read options, not map_batches)."""
+    names = sorted(ds.schema().names)
+    if names != sorted(wanted):
+        _fail(f"{what} columns", sorted(wanted), names, hint)
+
+
+def _expect_float32(ds, column: str, what: str) -> None:
+    """Arrow calls float32 'float' and float64 'double': say it in NumPy's words."""
+    schema = ds.schema()
+    if column not in schema.names:
+        return
+    t = schema.types[schema.names.index(column)]
+    scalar = getattr(t, "value_type", getattr(t, "scalar_type", t))
+    if scalar == pa.float64():
+        _fail(f"{what} column '{column}'", "float32 values", "float64 values",
+              f"convert them: np.asarray(..., dtype=np.float32) or .astype(np.float32) on '{column}'.")
+
+
 # --- 01_install_and_verify ---------------------------------------------------------------------
 
 @exercise("11.accelerator")
@@ -81,7 +100,7 @@ def _cluster_cpus(value):
 
 @exercise("11.squares")
 def _squares(value):
-    ds = _materialized(value, "squares", "squares = ray.data.range(1000).map_batches(add_square).")
+    ds = _materialized(value, "squares", "squares = ray.data.range(1000).map_batches(...).")
     expect_schema(ds, {"id": pa.int64(), "square": pa.int64()}, "squares")
     rows = ds.take_all()
     expect_count(len(rows), 1000, "rows of squares", "start from ray.data.range(1000).")
@@ -99,9 +118,7 @@ def _read_images(value):
     ds = _materialized(value, "images", "images = ray.data.read_images(paths.images, ...).")
     n = ds.count()
     expect_count(n, data.counts().images, "images", "read the images folder (paths.images) with ray.data.read_images.")
-    names = ds.schema().names
-    if sorted(names) != ["image", "path"]:
-        _fail("image columns", "['image', 'path']", sorted(names), "pass include_paths=True (and nothing that adds columns).")
+    _expect_columns(ds, ["image", "path"], "image", "pass include_paths=True to read_images.")
     grey = [r["path"] for r in ds.take(200) if np.asarray(r["image"]).shape[-1] != 3]
     if grey:
         _fail("image shape", "(height, width, 3) for every image", f"{len(grey)} other shapes, e.g. {grey[0]}",
@@ -114,13 +131,14 @@ def _read_text(value):
     ds = _materialized(value, "messages", "messages = ray.data.read_text(paths.support, ...).")
     expect_count(ds.count(), data.counts().messages, "support messages",
                  "read paths.support with file_extensions=['txt'] so NOTICE.md is not a record.")
+    _expect_columns(ds, ["path", "text"], "messages", "pass include_paths=True to read_text.")
     expect_schema(ds, {"text": pa.string(), "path": pa.string()}, "messages")
     return f"{ds.count()} support messages"
 
 
 @exercise("12.read_parquet")
 def _read_parquet(value):
-    ds = _materialized(value, "products", "products = ray.data.read_parquet(paths.products).")
+    ds = _materialized(value, "products", "products = ray.data.read_parquet(...).")
     expect_count(ds.count(), data.counts().products, "products", "read paths.products (not customers) with ray.data.read_parquet.")
     if "product_id" not in ds.schema().names:
         _fail("products columns", "a 'product_id' column", ds.schema().names, "read paths.products with ray.data.read_parquet.")
@@ -148,6 +166,7 @@ def _product_ids(value):
 def _classified(value):
     ds = _materialized(value, "classified images",
                        "classified = with_ids.map_batches(ImageClassifier, compute=ray.data.ActorPoolStrategy(...), ...).")
+    _expect_float32(ds, "score", "classified images")
     expect_schema(ds, {"product_id": pa.string(), "path": pa.string(), "label": pa.string(), "score": pa.float32()},
                   "classified images")
     rows = ds.take_all()
@@ -220,6 +239,7 @@ def _pixel_means(value):
 def _embeddings(value):
     ds = _materialized(value, "embeddings",
                        "embeddings = messages.map_batches(Embedder, compute=ray.data.ActorPoolStrategy(...), ...).materialize().")
+    _expect_float32(ds, "embedding", "embeddings")
     expect_schema(ds, {"ticket_id": pa.string(), "embedding": Tensor((384,), "float32")}, "embeddings")
     n = data.counts().messages
     expect_count(ds.count(), n, "embeddings", "embed every message once: map_batches returns one row per input row.")
