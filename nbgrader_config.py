@@ -8,6 +8,9 @@ git-ignored.
 
 import os
 
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import ClearHiddenTests, GetGrades
+
 c = get_config()  # noqa: F821  (provided by nbgrader when it loads this file)
 
 c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
@@ -23,3 +26,7 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # Ray pipelines take longer than nbgrader's 30 s default per cell (model start-up on 2 CPUs).
 c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", 900))
 c.Execute.kernel_name = "python3"
+
+# Feedback goes to learners: strip hidden tests from it (nbgrader keeps them by default).
+# A failing hidden test still shows its readable assertion message, not its code.
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
