@@ -9,7 +9,10 @@ git-ignored.
 import os
 
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
-from nbgrader.preprocessors import ClearHiddenTests, GetGrades
+from nbgrader.converters import Autograde
+from nbgrader.preprocessors import ClearHiddenTests, Execute, GetGrades
+
+from graders.nbgrader_ext import MeasuredExecute
 
 c = get_config()  # noqa: F821  (provided by nbgrader when it loads this file)
 
@@ -22,6 +25,12 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "outpu
 # Blank exercises say what to do.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+# Autograde as nbgrader does, with one change: the execute step also measures utilization from
+# outside the kernel while the learner's pipelines run, and cross-checks the notebook's report.
+c.Autograde.autograde_preprocessors = [
+    MeasuredExecute if step is Execute else step for step in Autograde.class_traits()["autograde_preprocessors"].default()
+]
 
 # Ray pipelines take longer than nbgrader's 30 s default per cell (model start-up on 2 CPUs).
 c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", 900))

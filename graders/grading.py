@@ -92,6 +92,8 @@ def graded_cells(nb) -> list[dict]:
                 out.append(o.text)
                 if o.name == "stderr":
                     reason = reason or "the cell wrote to stderr (nbgrader gives 0 for that)"
+            elif o.output_type == "display_data" and "text/plain" in o.get("data", {}):
+                out.append(o.data["text/plain"] + "\n")
             elif o.output_type == "error":
                 reason = f"{o.ename}: {o.evalue}"
         cells.append(dict(id=cell.metadata.nbgrader["grade_id"], points=score, max_points=max_points,

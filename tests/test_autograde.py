@@ -40,6 +40,18 @@ def solved(release_nb, source_nb):
     return release_nb
 
 
+FAKE_TELEMETRY = """
+import time as _time
+import graders.telemetry as _telemetry
+_real = _telemetry.UtilizationReport.from_samples.__func__
+def _fake(cls, samples, device_info=None, interval=0.1):
+    report = _real(cls, samples, device_info, interval)
+    report.mean = report.p50 = report.p90 = 99.0
+    return report
+_telemetry.UtilizationReport.from_samples = classmethod(_fake)
+"""
+
+
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
     root = tmp_path_factory.mktemp("class")
@@ -65,6 +77,13 @@ def course(tmp_path_factory):
             assert '"word_count":' in cell.source
             cell.source = cell.source.replace('"word_count":', '"words":')
     submit("wrong_schema", VALIDATION, wrong)
+    # faked telemetry: an idle (sleeping) pipeline whose in-kernel reports are patched to say 99 %
+    faked = solved(nbformat.read(release / f"{VALIDATION}.ipynb", 4), nbformat.read(root / "solutions" / PHASE / f"{VALIDATION}.ipynb", 4))
+    for cell in faked.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "image_pipeline":
+            assert "    def preprocess(batch):\n" in cell.source
+            cell.source = FAKE_TELEMETRY + cell.source.replace("    def preprocess(batch):\n", "    def preprocess(batch):\n        _time.sleep(3)\n")
+    submit("faked_telemetry", VALIDATION, faked)
 
     nbgrader(root, "autograde", PHASE, "--create")
     nbgrader(root, "generate_feedback", PHASE)
@@ -112,6 +131,17 @@ def test_wrong_schema_gets_partial_credit_with_a_readable_reason(course):
     assert "text results columns: expected ['text_id', 'word_count'], found ['text_id', 'words']. Try: add ['word_count']" in html
 
 
+def test_faked_utilization_is_caught_by_the_outside_measurement(course):
+    cells = grades(course, "faked_telemetry")
+    assert cells["accelerator_stage"][0] == 0, cells
+    assert all(score == most for name, (score, most) in cells.items() if name != "accelerator_stage"), cells
+    graded = next(c for c in autograded(course, "faked_telemetry").cells
+                  if c.metadata.get("nbgrader", {}).get("grade_id") == "accelerator_stage")
+    errors = [o for o in graded.outputs if o.output_type == "error"]
+    assert [e.ename for e in errors] == ["OutsideMeasurement"], "the in-kernel check was fooled; only the outside one may fail"
+    assert "from outside the notebook" in errors[0].evalue, errors[0].evalue
+
+
 def test_feedback_never_shows_hidden_tests(course):
     for html in (course / "feedback").rglob("*.html"):
         assert "BEGIN HIDDEN TESTS" not in html.read_text() and "_truth" not in html.read_text(), html
@@ -119,4 +149,4 @@ def test_feedback_never_shows_hidden_tests(course):
 
 def test_export_lists_every_student(course):
     rows = list(csv.DictReader(open(course / "grades.csv")))
-    assert {r["student_id"] for r in rows} >= {"reference", "blank", "wrong_schema"}
+    assert {r["student_id"] for r in rows} >= {"reference", "blank", "wrong_schema", "faked_telemetry"}
