@@ -9,9 +9,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -26,7 +27,7 @@ class PipelineRun:
     report: UtilizationReport | None = None
     seconds: float = 0.0
     error: str | None = None
-    extra: dict = field(default_factory=dict)
+    nodes: int = 0  # Ray nodes the pipeline's tasks ran on (from Dataset.stats())
 
     def table(self) -> pa.Table:
         """The pipeline's rows, or CheckFailed saying why there are none."""
@@ -42,7 +43,8 @@ class PipelineRun:
         if self.error:
             return f"{self.name}: FAILED - {self.error}"
         util = f"; {self.report.device} mean {self.report.mean:.0f} %" if self.report and self.report.mean is not None else ""
-        return f"{self.name}: {self.rows.num_rows:,} rows in {self.seconds:.1f} s ({self.throughput:.1f} rows/s{util})"
+        nodes = f"; on {self.nodes} node{'s' if self.nodes > 1 else ''}" if self.nodes else ""
+        return f"{self.name}: {self.rows.num_rows:,} rows in {self.seconds:.1f} s ({self.throughput:.1f} rows/s{util}{nodes})"
 
 
 def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> PipelineRun:
@@ -62,6 +64,7 @@ def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> Pip
             refs = ds.to_arrow_refs()
             tables = [t for t in ray.get(refs) if t.num_rows]
             run.rows = pa.concat_tables(tables) if tables else pa.table({})
+            run.nodes = max(map(int, re.findall(r"(\d+) nodes used", ds.stats())), default=0)
         finally:
             if mon:
                 mon.__exit__(None, None, None)
