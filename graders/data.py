@@ -126,7 +126,8 @@ def data_root() -> str:
 
 def _absolute(root: str) -> str:
     if "://" in root:
-        return root.rstrip("/")
+        path, sep, query = root.partition("?")
+        return path.rstrip("/") + sep + query
     return str(Path(root).expanduser().resolve())
 
 
@@ -162,8 +163,17 @@ def paths(size: str | None = None, root: str | None = None) -> DataPaths:
     )
 
 
+def output_path(name: str, size: str | None = None, root: str | None = None) -> str:
+    """Where a lesson writes its results: ``<root>/<size>/outputs/<name>`` (a path or a URI)."""
+    return _join(_join(paths(size, root).root, "outputs"), name)
+
+
 def _join(base: str, name: str) -> str:
-    return f"{base}/{name}" if "://" in base else str(Path(base) / name)
+    """Join a name onto a local path or a URI; a URI's query (``?endpoint_override=...``) stays last."""
+    if "://" not in base:
+        return str(Path(base) / name)
+    path, sep, query = base.partition("?")
+    return f"{path.rstrip('/')}/{name}{sep}{query}"
 
 
 # ---------------------------------------------------------------- file-name helpers

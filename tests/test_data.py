@@ -312,3 +312,13 @@ def test_path_helper_errors(func, bad, expected):
         func(bad)
     msg = str(err.value)
     assert "expected" in msg and expected in msg and repr(bad) in msg
+
+
+def test_uri_roots_keep_their_query_last():
+    """An s3:// root may carry pyarrow options (an S3-compatible endpoint): joins keep them at the end."""
+    root = "s3://bucket/course?endpoint_override=127.0.0.1:9000&scheme=http"
+    p = data.paths("small", root)
+    assert p.images == "s3://bucket/course/small/images?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert data.output_path("13_embeddings", "small", root) == (
+        "s3://bucket/course/small/outputs/13_embeddings?endpoint_override=127.0.0.1:9000&scheme=http")
+    assert data.output_path("x", "small", "/tmp/d") == "/tmp/d/small/outputs/x"
