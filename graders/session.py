@@ -132,8 +132,8 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
             else:
                 cpus = int(os.environ.get("COURSE_CPUS", max(2, os.cpu_count() or 1)))
                 ray.init(num_cpus=cpus, num_gpus=_local_gpu_count(), include_dashboard=False, **options)
-    _configure_output(quiet, progress)
     res = resources()
+    _configure_output(quiet, progress, res.cpus)
     if not quiet:
         where = f"cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "local"
         print(f"Ray {ray.__version__} ({where}): {res}")
@@ -167,7 +167,7 @@ def _native_stderr_captured():
             os.close(saved)
 
 
-def _configure_output(quiet: bool, progress: bool) -> None:
+def _configure_output(quiet: bool, progress: bool, cpus: int) -> None:
     from ray.data import DataContext
 
     for name in RAY_LOGGERS:
@@ -175,7 +175,7 @@ def _configure_output(quiet: bool, progress: bool) -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = not quiet
-    if _cluster_cpus() < 8:
+    if cpus < 8:
         # Ray 2.60's new Parquet reader (DataSourceV2) starts footer-reading actors for every
         # read_parquet: about 10 s per read on a 2-CPU machine instead of 1.5 s. The classic
         # reader reads the same files; bigger clusters keep the new one.
@@ -184,12 +184,6 @@ def _configure_output(quiet: bool, progress: bool) -> None:
         from graders.progress import use_notebook_progress
 
         use_notebook_progress()
-
-
-def _cluster_cpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("CPU", 1))
 
 
 def _in_jupyter() -> bool:
