@@ -155,12 +155,3 @@ def check(exercise_id: str, value: Any) -> None:
         _fail("exercise id", f"one of {sorted(EXERCISES)}", repr(exercise_id))
     detail = EXERCISES[exercise_id](value)
     print(f"✅ {exercise_id}: {detail}")
-
-
-def _rows(value) -> list[dict]:
-    if hasattr(value, "take_all"):
-        return value.take_all()
-    if isinstance(value, pa.Table):
-        return value.to_pylist()
-    return list(value)
-
