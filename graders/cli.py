@@ -48,9 +48,21 @@ def cmd_workspace(args) -> int:
     return 0
 
 
-def _nbgrader(root: Path, *args: str) -> subprocess.CompletedProcess:
+def nbgrader(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run an nbgrader command on the course at `root`; a failure raises with nbgrader's own output."""
     cmd = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={root}", "--log-level=WARN"]
-    return subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"nbgrader {args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def scratch_course(root: Path, phase_source: Path) -> Path:
+    """A course at `root` with one phase of `solutions/`, released; returns its release folder."""
+    shutil.copy(ROOT / "nbgrader_config.py", root)
+    shutil.copytree(phase_source, root / "solutions" / phase_source.name)
+    nbgrader(root, "generate_assignment", phase_source.name, "--force")
+    return root / "course" / phase_source.name
 
 
 def grade_notebook(phase_source: Path, notebook: Path, student: str = "you") -> list[dict]:
@@ -61,19 +73,14 @@ def grade_notebook(phase_source: Path, notebook: Path, student: str = "you") -> 
 
     with tempfile.TemporaryDirectory(prefix="course-check-") as tmp:
         root = Path(tmp)
-        shutil.copy(ROOT / "nbgrader_config.py", root)
-        shutil.copytree(phase_source, root / "solutions" / phase_source.name)
-        gen = _nbgrader(root, "generate_assignment", phase_source.name, "--force")
-        if gen.returncode:
-            raise RuntimeError(f"nbgrader generate_assignment failed:\n{gen.stderr[-2000:]}")
+        scratch_course(root, phase_source)
         sub = root / "submitted" / student / phase_source.name
         sub.mkdir(parents=True)
         shutil.copy(notebook, sub / notebook.name)
-        auto = _nbgrader(root, "autograde", phase_source.name, "--create", f"--student={student}",
-                         f"--notebook={notebook.stem}")
+        nbgrader(root, "autograde", phase_source.name, "--create", f"--student={student}", f"--notebook={notebook.stem}")
         graded = root / "autograded" / student / phase_source.name / notebook.name
-        if auto.returncode or not graded.exists():
-            raise RuntimeError(f"nbgrader autograde failed:\n{auto.stderr[-3000:]}")
+        if not graded.exists():
+            raise RuntimeError(f"nbgrader autograde wrote no {graded}")
         return graded_cells(nbformat.read(graded, as_version=4))
 
 

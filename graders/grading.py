@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import traceback
@@ -53,28 +54,22 @@ def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> Pip
 
     run = PipelineRun(name)
     start = time.perf_counter()
+    mon = UtilizationMonitor() if monitor else contextlib.nullcontext()
     try:
-        mon = UtilizationMonitor() if monitor else None
-        if mon:
-            mon.__enter__()
-        try:
+        with mon:  # the monitor's report covers the run even when the learner's code raises
             ds = build(*args, **kwargs)
             if not isinstance(ds, ray.data.Dataset):
                 raise TypeError(f"expected your function to return a ray.data.Dataset, found {type(ds).__name__}")
-            refs = ds.to_arrow_refs()
-            tables = [t for t in ray.get(refs) if t.num_rows]
+            tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
             run.rows = pa.concat_tables(tables) if tables else pa.table({})
             run.nodes = max(map(int, re.findall(r"(\d+) nodes used", ds.stats())), default=0)
-        finally:
-            if mon:
-                mon.__exit__(None, None, None)
-                run.report = mon.report
     except NotImplementedError:
         run.error = "the function is not written yet (it raises NotImplementedError)"
     except Exception as exc:  # the learner's code: report, never crash the grader
         frames = traceback.extract_tb(exc.__traceback__)
         where = next((f"line {f.lineno} of your cell" for f in reversed(frames) if f.filename.startswith("<ipython")), "")
         run.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} {where}".strip()
+    run.report = getattr(mon, "report", None)
     run.seconds = time.perf_counter() - start
     print(run)
     return run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -16,6 +17,28 @@ SCORES: list[str] = []  # lines printed at the end of the run (make test shows t
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def execute_notebook(path: Path) -> dict[str, str]:
+    """Run a notebook as a learner would (its own folder, a fresh kernel) and return each
+    graded or locked cell's text output by grade id; any error output fails the test."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [(c.metadata.get("nbgrader", {}).get("grade_id"), o.ename, o.evalue) for c in code for o in c.outputs
+              if o.output_type == "error"]
+    assert not errors, errors
+    return {c.metadata["nbgrader"]["grade_id"]: "".join(o.get("text", "") for o in c.outputs)
+            for c in code if "nbgrader" in c.metadata}
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -9,25 +9,16 @@ from __future__ import annotations
 import csv
 from html import unescape
 import re
-import shutil
-import subprocess
-import sys
 
 import nbformat
 import pytest
 
 from conftest import ROOT, SCORES
+from graders.cli import nbgrader, scratch_course
 
 pytestmark = pytest.mark.slow
 PHASE = "01_foundation"
 VALIDATION = "04_validation"
-
-
-def nbgrader(root, *args):
-    proc = subprocess.run([sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={root}", "--log-level=WARN"],
-                          cwd=root, capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, f"nbgrader {args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 def solved(release_nb, source_nb):
@@ -55,10 +46,7 @@ _telemetry.UtilizationReport.from_samples = classmethod(_fake)
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
     root = tmp_path_factory.mktemp("class")
-    shutil.copy(ROOT / "nbgrader_config.py", root)
-    shutil.copytree(ROOT / "solutions" / PHASE, root / "solutions" / PHASE)
-    nbgrader(root, "generate_assignment", PHASE, "--force")
-    release = root / "course" / PHASE
+    release = scratch_course(root, ROOT / "solutions" / PHASE)
 
     def submit(student, name, nb):
         folder = root / "submitted" / student / PHASE

@@ -6,27 +6,18 @@ work must spread over both nodes, and nothing may be left running afterwards.
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import nbformat
 import psutil
 import pytest
-from nbclient import NotebookClient
 
-from conftest import ROOT
+from conftest import ROOT, execute_notebook, free_port
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray_processes():
@@ -46,7 +37,7 @@ def _wait_for_no_ray(seconds=30):
 def cluster():
     # local Rays of earlier notebooks exit with their kernels; give them a moment
     assert _wait_for_no_ray(), "a Ray cluster is already running on this machine"
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     common = ["--disable-usage-stats", "--include-dashboard=false"]
@@ -63,13 +54,7 @@ def cluster():
 
 def test_phase1_validation_on_two_nodes(cluster, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", cluster)
-    path = ROOT / "solutions" / "01_foundation" / "04_validation.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    outputs = {c.metadata.get("nbgrader", {}).get("grade_id"): c.outputs for c in nb.cells if c.cell_type == "code"}
-    errors = [(gid, o.ename, o.evalue) for gid, outs in outputs.items() for o in outs if o.output_type == "error"]
-    assert not errors, errors
-    setup = "".join(o.get("text", "") for o in outputs["setup"])
+    out = execute_notebook(ROOT / "solutions" / "01_foundation" / "04_validation.ipynb")
+    setup, run = out["setup"], out["run_pipelines"]
     assert f"cluster at {cluster}" in setup and "3 CPUs" in setup, setup
-    run = "".join(o.get("text", "") for o in outputs["run_pipelines"])
     assert "image pipeline: 96 rows" in run and "on 2 nodes" in run, run
