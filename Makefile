@@ -17,7 +17,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export RAY_AUTH_MODE ?= disabled
 PHASES := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 
-.PHONY: help setup data workspace lab check test test-fast release release-check collect autograde feedback grades clean
+.PHONY: help setup data workspace lab check test test-fast bench release release-check collect autograde feedback grades clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test: setup data ## the whole test suite: kit, notebooks (nbval), release sync, 
 
 test-fast: setup ## quick edit loop: unit tests only (no Ray, no notebooks)
 	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: setup ## Phase 2 benchmark: model ceiling vs naive vs reference pipeline (BENCH_REVIEWS=n)
+	$(BIN)/python tests/bench/phase2.py
 
 release: setup ## regenerate course/ from solutions/ (nbgrader generate_assignment)
 	for a in $(PHASES); do $(BIN)/nbgrader generate_assignment $$a --force --log-level=WARN || exit 1; done

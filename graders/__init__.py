@@ -11,17 +11,18 @@ Modules, each small enough to read:
     data       the course datasets (images, support messages, tables) and their exact counts
     models     the offline pretrained models (EfficientNet-Lite0, all-MiniLM-L6-v2)
     telemetry  UtilizationMonitor: measured GPU (NVML) and CPU utilization
+    perf       the model-only ceiling and the naive baseline a pipeline is measured against
     checks     assertions with helpful messages, and check("<exercise>", value)
     grading    run a learner pipeline for grading and read nbgrader's results
 """
 
-from graders import checks, data, models, telemetry
+from graders import checks, data, models, perf, telemetry
 from graders.checks import CheckFailed, Tensor, check, expect_count, expect_schema, expect_utilization
 from graders.session import Resources, is_grading, resources, shutdown, start
 from graders.telemetry import UtilizationMonitor
 
 __all__ = [
     "CheckFailed", "Resources", "Tensor", "UtilizationMonitor", "check", "checks", "data",
-    "expect_count", "expect_schema", "expect_utilization", "is_grading", "models", "resources",
+    "expect_count", "expect_schema", "expect_utilization", "is_grading", "models", "perf", "resources",
     "shutdown", "start", "telemetry",
 ]

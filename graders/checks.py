@@ -102,6 +102,21 @@ def expect_schema(value, expected: dict, what: str = "result") -> None:
 UTILIZATION_TARGETS = {
     # Phase 1 asks that the accelerator was busy, not yet saturated (that is Phase 2).
     "01_foundation": {"gpu": 5.0, "cpu": 50.0},
+    # Phase 2 saturates the model stage. GPU: measured on an H100 with COURSE_SIZE=full, the
+    # reference (4 actors sharing the GPU) held a mean of 83 % (median 97 %) over a 4.6 s steady
+    # window; 1 actor alone, 33 %. On CPU the naive pattern keeps the cores busy too (reloading
+    # the model is CPU work), so there efficiency and speedup tell the two apart.
+    "02_advanced_processing": {"gpu": 75.0, "cpu": 70.0},
+}
+
+# Phase 2's optimization targets (see graders/perf.py for how each number is measured).
+OPTIMIZATION_TARGETS = {
+    # GPU (H100, full data, 186,000 reviews): ceiling 41,800-43,100 rows/s; reference 43,500
+    # rows/s steady (efficiency 1.04); 1 actor per GPU 0.33, 2 actors sharing it 0.85; naive
+    # baseline 38-46 rows/s, so the speedup target is far below anything a working pipeline does.
+    "gpu": {"efficiency": 0.8, "speedup": 3.0},
+    # CPU (2 cores): set from repeated measurements, see the README's performance section.
+    "cpu": {"efficiency": 0.7, "speedup": 1.5},
 }
 REPORT_MIME = "application/vnd.course.utilization+json"
 
@@ -132,6 +147,12 @@ def expect_utilization(report, device: str, min_mean: float, min_samples: int = 
         _fail(f"{device.upper()} utilization (mean over the steady window)", f">= {min_mean:.0f} %",
               "no value" if report.mean is None else f"{report.mean:.1f} %",
               "keep the model stage busy: a stateful class with an actor pool and a larger batch_size.")
+
+
+def expect_at_least(value: float, minimum: float, what: str, hint: str) -> None:
+    """A measured number at or above its target."""
+    if value < minimum:
+        _fail(what, f">= {minimum:g}", f"{value:.2f}", hint)
 
 
 # ---------------------------------------------------------------------------------------------

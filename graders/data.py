@@ -17,6 +17,10 @@ Layout of ``<root>/<size>/``
                         (8x8 upscaled to 32x32, greyscale PNG; source ``digit{label}``)
     support/            ``{ticket_id}_{product_id}.txt``: one SYNTHETIC message per file,
                         one line, generated from templates (see ``support/NOTICE.md``)
+    reviews/            ``part-000.parquet`` ...: SYNTHETIC product reviews, review_id,
+                        product_id, rating (1-5), text. The raw text is messy on purpose
+                        (HTML tags and entities, stray whitespace); every 32nd review
+                        (review ``R…032``, ``R…064``, …) has no words once cleaned
     products.parquet    product_id, name, category, price, created   (synthetic)
     customers.parquet   customer_id, region, segment, signup_date,
                         lifetime_value, orders                       (synthetic)
@@ -24,12 +28,14 @@ Layout of ``<root>/<size>/``
 
 Exact counts (validations assert these)
 
-    ======  ======  ======  ======  ========  =========  ========
-    size    images  photos  digits  products  customers  messages
-    ======  ======  ======  ======  ========  =========  ========
-    small       96      48      48        48        200       240
-    full     9,600   4,800   4,800     4,800     20,000    24,000
-    ======  ======  ======  ======  ========  =========  ========
+    ======  ======  ======  ======  ========  =========  ========  =======  ============  ======
+    size    images  photos  digits  products  customers  messages  reviews  reviews_kept  parts
+    ======  ======  ======  ======  ========  =========  ========  =======  ============  ======
+    small       96      48      48        48        200       240     1,920         1,860      16
+    full     9,600   4,800   4,800     4,800     20,000    24,000   192,000       186,000     160
+    ======  ======  ======  ======  ========  =========  ========  =======  ============  ======
+
+``reviews_kept`` counts the reviews with words left after ``clean_review_text``.
 
 Images ``0 .. products-1`` are photos, the rest are digits; image ``i`` belongs to
 product ``P{(i % products) + 1:06d}``, so every product has one photo and one digit.
@@ -55,7 +61,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 SEED = 2026
-_VERSION = 1
+_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -66,11 +72,16 @@ class Counts:
     products: int
     customers: int
     messages: int
+    reviews: int
+    reviews_kept: int  # reviews with words left after clean_review_text (every 32nd has none)
+    review_parts: int  # Parquet files under reviews/
 
 
 SIZES: dict[str, Counts] = {
-    "small": Counts(images=96, photos=48, digits=48, products=48, customers=200, messages=240),
-    "full": Counts(images=9_600, photos=4_800, digits=4_800, products=4_800, customers=20_000, messages=24_000),
+    "small": Counts(images=96, photos=48, digits=48, products=48, customers=200, messages=240,
+                    reviews=1_920, reviews_kept=1_860, review_parts=16),
+    "full": Counts(images=9_600, photos=4_800, digits=4_800, products=4_800, customers=20_000, messages=24_000,
+                   reviews=192_000, reviews_kept=186_000, review_parts=160),
 }
 
 # Photo source -> (skimage.data loader name, product category). All are bundled with
@@ -106,6 +117,7 @@ class DataPaths:
     size: str
     images: str
     support: str
+    reviews: str
     products: str
     customers: str
     manifest: str
@@ -157,6 +169,7 @@ def paths(size: str | None = None, root: str | None = None) -> DataPaths:
         size=size,
         images=_join(base, "images"),
         support=_join(base, "support"),
+        reviews=_join(base, "reviews"),
         products=_join(base, "products.parquet"),
         customers=_join(base, "customers.parquet"),
         manifest=_join(base, "MANIFEST.json"),
@@ -227,12 +240,13 @@ def prepare(size: str | None = None, root: str | None = None, force: bool = Fals
 
     fs.create_dir(base, recursive=True)
     fs.delete_dir_contents(base, missing_dir_ok=True)  # also removes a stale manifest
-    for sub in ("images", "support"):
+    for sub in ("images", "support", "reviews"):
         fs.create_dir(f"{base}/{sub}", recursive=True)
 
     products = _products(c)
     _write_images(fs, f"{base}/images", c)
     _write_support(fs, f"{base}/support", c, products)
+    _write_reviews(fs, f"{base}/reviews", c, products)
     pq.write_table(products, f"{base}/products.parquet", filesystem=fs)
     pq.write_table(_customers(c), f"{base}/customers.parquet", filesystem=fs)
     _write(fs, f"{base}/MANIFEST.json", json.dumps(_manifest(p.size, c), indent=2, sort_keys=True).encode() + b"\n")
@@ -265,6 +279,7 @@ def _manifest(size: str, c: Counts) -> dict:
         "generated": {
             "synthetic": {
                 "support": "template-generated messages, random.Random(seed); no real customer data",
+                "reviews": "template-generated reviews, random.Random(seed); rating follows the wording",
                 "products.parquet": "generated from the seed",
                 "customers.parquet": "generated from the seed",
             },
@@ -480,3 +495,77 @@ def _write_support(fs: pafs.FileSystem, folder: str, c: Counts, products: pa.Tab
         text = _message(rng, names[p], categories[p])
         _write(fs, f"{folder}/T{t + 1:06d}_P{p + 1:06d}.txt", text.encode())
     _write(fs, f"{folder}/NOTICE.md", _NOTICE.format(seed=SEED).encode())
+
+
+# ---- product reviews (synthetic, messy on purpose: lesson 2.2 cleans them)
+
+_REVIEW_OPENERS = {
+    5: ["Absolutely love this {name}.", "Best {category} purchase I have made.", "Five stars for the {name}!"],
+    4: ["Really good {name}.", "Happy with this {name} overall.", "Solid {category} product."],
+    3: ["The {name} is okay.", "Mixed feelings about this {name}.", "Average {category} item."],
+    2: ["Disappointed with the {name}.", "Not great for {category}.", "The {name} let me down."],
+    1: ["Terrible {name}.", "Worst {category} purchase ever.", "Do not buy this {name}."],
+}
+_REVIEW_BODIES = {
+    5: ["It works perfectly and feels well made.", "Quality is excellent and it arrived early.",
+        "Exceeded my expectations in every way."],
+    4: ["It does the job well, with one small flaw.", "Good value for the price.",
+        "Works as described, delivery was quick."],
+    3: ["Some parts are fine, others feel cheap.", "It works, but nothing special.",
+        "Does what it says, barely."],
+    2: ["It broke after a few uses.", "The finish is poor and it feels flimsy.",
+        "Customer service was slow to help."],
+    1: ["It arrived broken and support never answered.", "Completely useless, a waste of money.",
+        "It fell apart on the first day."],
+}
+_REVIEW_CLOSERS = ["Would {verb} recommend.", "{Verb} buy again.", "", "Thanks &amp; regards.", "See photos<br>attached."]
+_TAG_RE = re.compile(r"<[^>]+>")
+
+
+def clean_review_text(text: str) -> str:
+    """Raw review text -> plain text: HTML tags become spaces, entities decoded, whitespace collapsed."""
+    import html
+
+    return " ".join(html.unescape(_TAG_RE.sub(" ", text or "")).split())
+
+
+def _review(rng: random.Random, rating: int, name: str, category: str) -> str:
+    positive = rating >= 4
+    closer = rng.choice(_REVIEW_CLOSERS).format(verb="definitely" if positive else "not",
+                                                Verb="Will" if positive else "Will not")
+    parts = [rng.choice(_REVIEW_OPENERS[rating]).format(name=name, category=category),
+             rng.choice(_REVIEW_BODIES[rating]), closer]
+    text = " ".join(p for p in parts if p)
+    noise = rng.randrange(4)  # messy input, as scraped reviews are
+    if noise == 1:
+        text = f"  <p>{text}</p>\n"
+    elif noise == 2:
+        text = text.replace(". ", ".  <br/> ", 1)
+    elif noise == 3:
+        text = "\t" + text.replace(" ", "   ", 2) + "  "
+    return text
+
+
+def _write_reviews(fs: pafs.FileSystem, folder: str, c: Counts, products: pa.Table) -> None:
+    rng = random.Random(SEED + 2)
+    names = products.column("name").to_pylist()
+    categories = products.column("category").to_pylist()
+    per_part = c.reviews // c.review_parts
+    for part in range(c.review_parts):
+        ids, pids, ratings, texts = [], [], [], []
+        for r in range(part * per_part, (part + 1) * per_part):
+            p = rng.randrange(c.products)
+            rating = rng.choices([1, 2, 3, 4, 5], weights=[1, 1, 1, 2, 3])[0]
+            blank = (r + 1) % 32 == 0  # no words after cleaning: lesson 2.2 drops these
+            text = rng.choice(["", "   ", "<br/>", "<p> </p>", "&nbsp;"]) if blank else _review(rng, rating, names[p], categories[p])
+            ids.append(f"R{r + 1:06d}")
+            pids.append(f"P{p + 1:06d}")
+            ratings.append(rating)
+            texts.append(text)
+        table = pa.table({
+            "review_id": pa.array(ids, pa.string()),
+            "product_id": pa.array(pids, pa.string()),
+            "rating": pa.array(ratings, pa.int8()),
+            "text": pa.array(texts, pa.string()),
+        })
+        pq.write_table(table, f"{folder}/part-{part:03d}.parquet", filesystem=fs)

@@ -13,7 +13,7 @@ import contextlib
 import re
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -29,6 +29,9 @@ class PipelineRun:
     seconds: float = 0.0
     error: str | None = None
     nodes: int = 0  # Ray nodes the pipeline's tasks ran on (from Dataset.stats())
+    arrivals: list = field(default_factory=list)  # (seconds since start, rows) per output block
+    stats: str = ""  # Dataset.stats() of the run
+    actor_stage: bool | None = None  # did a stage run on an actor pool? (None: could not tell)
 
     def table(self) -> pa.Table:
         """The pipeline's rows, or CheckFailed saying why there are none."""
@@ -60,9 +63,15 @@ def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> Pip
             ds = build(*args, **kwargs)
             if not isinstance(ds, ray.data.Dataset):
                 raise TypeError(f"expected your function to return a ray.data.Dataset, found {type(ds).__name__}")
-            tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+            run.actor_stage = _has_actor_stage(ds)
+            tables = []
+            for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
+                if block.num_rows:  # each output block as it arrives: the timing shows the stream
+                    run.arrivals.append((time.perf_counter() - start, block.num_rows))
+                    tables.append(block)
             run.rows = pa.concat_tables(tables) if tables else pa.table({})
-            run.nodes = max(map(int, re.findall(r"(\d+) nodes used", ds.stats())), default=0)
+            run.stats = ds.stats()
+            run.nodes = max(map(int, re.findall(r"(\d+) nodes used", run.stats)), default=0)
     except NotImplementedError:
         run.error = "the function is not written yet (it raises NotImplementedError)"
     except Exception as exc:  # the learner's code: report, never crash the grader
@@ -73,6 +82,21 @@ def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> Pip
     run.seconds = time.perf_counter() - start
     print(run)
     return run
+
+
+def _has_actor_stage(ds) -> bool | None:
+    """Whether a stage of the Dataset's plan is mapped with an ActorPoolStrategy."""
+    import ray
+
+    try:
+        ops, found = [ds._logical_plan.dag], False  # Ray's plan is internal: fail soft
+        while ops:
+            op = ops.pop()
+            found |= isinstance(getattr(op, "compute", None), ray.data.ActorPoolStrategy)
+            ops.extend(op.input_dependencies)
+        return found
+    except AttributeError:
+        return None
 
 
 def graded_cells(nb) -> list[dict]:

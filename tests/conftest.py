@@ -41,6 +41,46 @@ def execute_notebook(path: Path) -> dict[str, str]:
             for c in code if "nbgrader" in c.metadata}
 
 
+def solved(release_nb, source_nb):
+    """The release notebook with every exercise answered by the reference solution."""
+    import re
+
+    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in source_nb.cells if c.metadata.get("nbgrader", {}).get("solution")}
+    for cell in release_nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in answers:
+            cell.source = re.sub(r"\n?[ \t]*### (BEGIN|END) SOLUTION[^\n]*", "", answers[gid])
+    return release_nb
+
+
+def submit(root: Path, phase: str, student: str, name: str, nb) -> None:
+    """Put a notebook where nbgrader's autograde looks for a student's submission."""
+    import nbformat
+
+    folder = root / "submitted" / student / phase
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / f"{name}.ipynb")
+
+
+def cell_scores(root: Path, phase: str, notebook: str, student: str) -> dict[str, tuple[float, float]]:
+    """{grade id: (score, max score)} from the gradebook; also listed in the run's summary."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        nb = gb.find_submission_notebook(notebook, phase, student)
+        cells = {g.name: (g.score, g.max_score) for g in nb.grades}
+    total = sum(s for s, _ in cells.values())
+    most = sum(m for _, m in cells.values())
+    SCORES.append(f"{phase} {student:>13}: {total:g} / {most:g}  "
+                  + " ".join(f"{k}={s:g}" for k, (s, _) in sorted(cells.items())))
+    return cells
+
+
+def graded_outputs(nb, grade_id: str):
+    """The outputs of the cell with this grade id."""
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id).outputs
+
+
 def pytest_terminal_summary(terminalreporter):
     if SCORES:
         terminalreporter.section("nbgrader autograde scores")

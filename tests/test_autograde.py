@@ -8,27 +8,17 @@ from __future__ import annotations
 
 import csv
 from html import unescape
-import re
 
 import nbformat
 import pytest
+from conftest import ROOT, cell_scores, graded_outputs, solved
+from conftest import submit as _submit
 
-from conftest import ROOT, SCORES
 from graders.cli import nbgrader, scratch_course
 
 pytestmark = pytest.mark.slow
 PHASE = "01_foundation"
 VALIDATION = "04_validation"
-
-
-def solved(release_nb, source_nb):
-    """The release notebook with every exercise answered by the reference solution."""
-    answers = {c.metadata["nbgrader"]["grade_id"]: c.source for c in source_nb.cells if c.metadata.get("nbgrader", {}).get("solution")}
-    for cell in release_nb.cells:
-        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if gid in answers:
-            cell.source = re.sub(r"\n?[ \t]*### (BEGIN|END) SOLUTION[^\n]*", "", answers[gid])
-    return release_nb
 
 
 FAKE_TELEMETRY = """
@@ -49,9 +39,7 @@ def course(tmp_path_factory):
     release = scratch_course(root, ROOT / "solutions" / PHASE)
 
     def submit(student, name, nb):
-        folder = root / "submitted" / student / PHASE
-        folder.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, folder / f"{name}.ipynb")
+        _submit(root, PHASE, student, name, nb)
 
     # reference: the whole phase, every exercise answered (lessons run under autograde too)
     for path in sorted(release.glob("*.ipynb")):
@@ -80,15 +68,7 @@ def course(tmp_path_factory):
 
 
 def grades(root, student):
-    from nbgrader.api import Gradebook
-
-    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
-        nb = gb.find_submission_notebook(VALIDATION, PHASE, student)
-        cells = {g.name: (g.score, g.max_score) for g in nb.grades}
-    total = sum(s for s, _ in cells.values())
-    most = sum(m for _, m in cells.values())
-    SCORES.append(f"{student:>13}: {total:g} / {most:g}  " + " ".join(f"{k}={s:g}" for k, (s, _) in sorted(cells.items())))
-    return cells
+    return cell_scores(root, PHASE, VALIDATION, student)
 
 
 def autograded(root, student):
@@ -123,9 +103,7 @@ def test_faked_utilization_is_caught_by_the_outside_measurement(course):
     cells = grades(course, "faked_telemetry")
     assert cells["accelerator_stage"][0] == 0, cells
     assert all(score == most for name, (score, most) in cells.items() if name != "accelerator_stage"), cells
-    graded = next(c for c in autograded(course, "faked_telemetry").cells
-                  if c.metadata.get("nbgrader", {}).get("grade_id") == "accelerator_stage")
-    errors = [o for o in graded.outputs if o.output_type == "error"]
+    errors = [o for o in graded_outputs(autograded(course, "faked_telemetry"), "accelerator_stage") if o.output_type == "error"]
     assert [e.ename for e in errors] == ["OutsideMeasurement"], "the in-kernel check was fooled; only the outside one may fail"
     assert "from outside the notebook" in errors[0].evalue, errors[0].evalue
 

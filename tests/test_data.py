@@ -45,10 +45,12 @@ def _hashes(root: Path) -> dict[str, str]:
 
 def test_sizes_table():
     assert data.SIZES["small"] == data.Counts(
-        images=96, photos=48, digits=48, products=48, customers=200, messages=240
+        images=96, photos=48, digits=48, products=48, customers=200, messages=240,
+        reviews=1_920, reviews_kept=1_860, review_parts=16,
     )
     assert data.SIZES["full"] == data.Counts(
-        images=9_600, photos=4_800, digits=4_800, products=4_800, customers=20_000, messages=24_000
+        images=9_600, photos=4_800, digits=4_800, products=4_800, customers=20_000, messages=24_000,
+        reviews=192_000, reviews_kept=186_000, review_parts=160,
     )
     assert set(data.SIZES) == {"small", "full"}
 
@@ -61,9 +63,15 @@ def test_small_counts(small):
     assert len(_files(small.support, ".txt")) == c.messages
     assert pq.read_table(small.products).num_rows == c.products
     assert pq.read_table(small.customers).num_rows == c.customers
+    reviews = pq.read_table(small.reviews)
+    assert len(_files(small.reviews, ".parquet")) == c.review_parts and reviews.num_rows == c.reviews
+    kept = [t for t in map(data.clean_review_text, reviews.column("text").to_pylist()) if t]
+    assert len(kept) == c.reviews_kept and not any("<" in t or "  " in t or "&amp;" in t for t in kept)
+    assert reviews.schema.names == ["review_id", "product_id", "rating", "text"]
     manifest = json.loads(Path(small.manifest).read_text())
     assert manifest["counts"] == {
-        "images": 96, "photos": 48, "digits": 48, "products": 48, "customers": 200, "messages": 240
+        "images": 96, "photos": 48, "digits": 48, "products": 48, "customers": 200, "messages": 240,
+        "reviews": 1_920, "reviews_kept": 1_860, "review_parts": 16,
     }
     assert manifest["seed"] == data.SEED and manifest["size"] == "small"
 
@@ -73,6 +81,7 @@ def test_paths_layout(small):
     assert root.name == "small" and small.size == "small"
     assert small.images == str(root / "images")
     assert small.support == str(root / "support")
+    assert small.reviews == str(root / "reviews")
     assert small.products == str(root / "products.parquet")
     assert small.customers == str(root / "customers.parquet")
     assert small.manifest == str(root / "MANIFEST.json")
@@ -177,7 +186,7 @@ def test_manifest_says_what_is_generated(small):
 def test_two_builds_are_byte_identical(small, tmp_path):
     other = data.prepare("small", root=str(tmp_path))
     first, second = _hashes(Path(small.root)), _hashes(Path(other.root))
-    assert len(first) == 96 + 240 + 1 + 3  # images, messages, NOTICE, 2 parquet + manifest
+    assert len(first) == 96 + 240 + 1 + 16 + 3  # images, messages, NOTICE, review parts, 2 parquet + manifest
     assert first == second
 
 

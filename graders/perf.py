@@ -1,0 +1,206 @@
+"""How fast is fast? The yardsticks Phase 2 measures a pipeline against, on this machine, now.
+
+- `model_ceiling(...)`: the text model alone, in this process, on pre-tokenized tensors, no Ray:
+  the most records per second this machine can push through all-MiniLM-L6-v2. A pipeline's
+  **efficiency** is its steady records/s divided by this.
+- `naive_embedding_pipeline(path)`: the pattern to beat (the one in many first attempts): the
+  model loaded inside a plain per-batch function, small batches. Shown here so you can run it and
+  see why it is slow; never copy it.
+- `steady_rate(arrivals, ...)`: records/s once results flow, from when each output block reached
+  the driver. Start-up (worker processes, model loading) is left out, because on a big dataset it
+  is paid once; on the course's small data it would otherwise hide what the pipeline can do.
+
+Both pipelines and the ceiling use the same inputs: the cleaned reviews, tokenized to
+`models.TEXT_MAX_TOKENS` tokens, so each processes exactly the same work.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from graders import data, models
+
+MIN_STEADY_BLOCKS = 8  # fewer output blocks than this: the rate covers the whole run instead
+CEILING_BATCH = {"cpu": 64, "cuda": 512}  # the fastest batch size measured for each device
+NAIVE_ROWS = 1_920  # the naive baseline's sample: all of the small data, the first parts of the full
+
+
+@dataclass
+class Ceiling:
+    rows: int
+    seconds: float
+    batch_size: int
+    device: str
+    report: object = None  # UtilizationReport of the timed part
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+    def __str__(self) -> str:
+        return (f"model ceiling: {self.rows:,} rows in {self.seconds:.1f} s = {self.rate:.1f} rows/s "
+                f"({self.device}, batch {self.batch_size}, one process, no Ray)")
+
+
+def clean_reviews(reviews_path: str) -> list[str]:
+    """The review texts that keep words after `data.clean_review_text`, in file order."""
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(reviews_path, format="parquet", filesystem=_filesystem(reviews_path)).to_table(columns=["text"])
+    return [t for t in map(data.clean_review_text, table.column("text").to_pylist()) if t]
+
+
+def _filesystem(path: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(path)[0] if "://" in path else None
+
+
+def model_ceiling(reviews_path: str, device: str = "cpu", threads: int | None = None,
+                  batch_size: int | None = None, monitor: bool = True) -> Ceiling:
+    """Time the text model alone on every cleaned review, tokenized beforehand (one warm-up batch)."""
+    import contextlib
+
+    import torch
+
+    from graders.telemetry import UtilizationMonitor
+
+    batch_size = batch_size or CEILING_BATCH["cuda" if device == "cuda" else "cpu"]
+    tokens = models.tokenize(clean_reviews(reviews_path))
+    before = torch.get_num_threads()
+    _, model = models.load_text_model(device, threads=threads)
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    try:
+        models.embed_tokens(model, ids[:batch_size], mask[:batch_size])  # warm-up: lazy init, caches
+        mon = UtilizationMonitor() if monitor else contextlib.nullcontext()
+        with mon:
+            start = time.perf_counter()
+            for i in range(0, len(ids), batch_size):
+                models.embed_tokens(model, ids[i:i + batch_size], mask[i:i + batch_size])
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    ceiling = Ceiling(len(ids), seconds, batch_size, device, getattr(mon, "report", None))
+    print(ceiling)
+    return ceiling
+
+
+def naive_embedding_pipeline(reviews_path: str, batch_size: int = 8, rows_per_block: int = 32, num_gpus: float = 0.0,
+                             max_rows: int = NAIVE_ROWS):
+    """The slow pattern: load the model inside a per-batch function (do not copy this).
+
+    It reads the first Parquet parts of the reviews, at least `max_rows` rows (all of the small
+    data): its rate is measured on the same rows your pipeline reads, without spending an hour on
+    the full data. `num_gpus`: give each task a GPU on a GPU machine (`res.gpus_per_actor`).
+    """
+    import ray
+
+    def embed_batch(batch):
+        tokenizer, model = models.load_text_model(models.device_for())  # loaded again for EVERY batch
+        texts = [data.clean_review_text(t) for t in batch["text"]]
+        keep = np.array([bool(t) for t in texts], dtype=bool)
+        tokens = models.tokenize([t for t in texts if t], tokenizer=tokenizer)
+        return {
+            "review_id": batch["review_id"][keep],
+            "product_id": batch["product_id"][keep],
+            "embedding": models.embed_tokens(model, tokens["input_ids"], tokens["attention_mask"]),
+        }
+
+    reviews = ray.data.read_parquet(first_parts(reviews_path, max_rows))
+    reviews = reviews.repartition(target_num_rows_per_block=rows_per_block)
+    return reviews.map_batches(embed_batch, batch_size=batch_size, num_gpus=num_gpus)
+
+
+def first_parts(reviews_path: str, max_rows: int) -> list[str]:
+    """The first Parquet files (in name order) that together hold at least `max_rows` rows."""
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset(reviews_path, format="parquet", filesystem=_filesystem(reviews_path))
+    chosen, rows = [], 0
+    for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
+        chosen.append(fragment.path)
+        rows += fragment.metadata.num_rows
+        if rows >= max_rows:
+            break
+    query = reviews_path.partition("?")[2] if "://" in reviews_path else ""
+    scheme = reviews_path.split("://", 1)[0] + "://" if "://" in reviews_path else ""
+    return [scheme + p + (f"?{query}" if query else "") for p in chosen]
+
+
+def steady_rate(arrivals: list[tuple[float, int]], total_seconds: float, max_rate: float | None = None):
+    """(records/s, how) from `(seconds since start, rows)` of each output block.
+
+    Steady: rows after the first block / time from the first block to the last. Used only when at
+    least `MIN_STEADY_BLOCKS` blocks arrived and the rate stays below `max_rate` (a stream that
+    outruns the model ceiling was buffered, not streamed); otherwise all rows / the whole run.
+    """
+    rows = sum(n for _, n in arrivals)
+    whole = rows / total_seconds if total_seconds > 0 else 0.0
+    if len(arrivals) < MIN_STEADY_BLOCKS:
+        return whole, f"whole run ({len(arrivals)} output blocks; at least {MIN_STEADY_BLOCKS} stream)"
+    span = arrivals[-1][0] - arrivals[0][0]
+    rate = (rows - arrivals[0][1]) / span if span > 0 else float("inf")
+    if max_rate is not None and rate > max_rate:
+        return whole, "whole run (results arrived in one burst, not as a stream)"
+    return rate, f"steady, {len(arrivals)} output blocks from {arrivals[0][0]:.1f} s to {arrivals[-1][0]:.1f} s"
+
+
+@dataclass
+class Comparison:
+    """Your pipeline against the ceiling and the naive baseline, measured in the same run."""
+
+    rate: float  # your pipeline, records/s
+    how: str  # how `rate` was measured (steady stream or whole run)
+    naive_rate: float
+    ceiling_rate: float  # the ceiling times the accelerators the cluster has (see compare)
+    actor_stage: bool | None  # did your pipeline run a stage on an actor pool? (None: unknown)
+    blocks: int
+
+    @property
+    def efficiency(self) -> float:
+        return self.rate / self.ceiling_rate if self.ceiling_rate else 0.0
+
+    @property
+    def speedup(self) -> float:
+        return self.rate / self.naive_rate if self.naive_rate else 0.0
+
+    def knobs(self) -> str:
+        """The first knob to turn, from what the run shows."""
+        if self.actor_stage is False:
+            return ("load the model once per actor: a callable class whose __init__ loads it, mapped with "
+                    "compute=ray.data.ActorPoolStrategy(size=res.model_actors).")
+        if self.blocks < MIN_STEADY_BLOCKS:
+            return (f"your results came out in {self.blocks} block(s), so nothing streamed: cut the reviews "
+                    "into blocks of a few batches (repartition(target_num_rows_per_block=...)) so cleaning, "
+                    "tokenizing and the model overlap.")
+        return ("raise the model stage's batch_size (try 32-128 on CPU, 512+ on a GPU); on a GPU let several "
+                "actors share it (num_gpus=res.gpus_per_actor / 4 with 4x the actors); give each actor "
+                "res.torch_threads threads and keep per-row Python work out of __call__.")
+
+    def __str__(self) -> str:
+        return (f"your pipeline {self.rate:.1f} rows/s ({self.how}); naive {self.naive_rate:.1f} rows/s; "
+                f"ceiling {self.ceiling_rate:.1f} rows/s -> efficiency {self.efficiency:.2f}, "
+                f"speedup {self.speedup:.2f}x")
+
+
+def compare(run, naive_run, ceiling: Ceiling, res) -> Comparison:
+    """Measure `run` (a grading.PipelineRun) against the naive run and the model ceiling.
+
+    The ceiling ran on one device of the driver's machine; a cluster with more GPUs (or CPUs)
+    can go faster, so it is scaled by how many of them the cluster has.
+    """
+    run.table(), naive_run.table()  # a failed run: CheckFailed saying why
+    scale = max(1, res.gpus) if res.gpus else max(1.0, res.cpus / (os.cpu_count() or 1))
+    ceiling_rate = ceiling.rate * scale
+    rate, how = steady_rate(run.arrivals, run.seconds, max_rate=1.25 * ceiling_rate)
+    naive_rate, _ = steady_rate(naive_run.arrivals, naive_run.seconds, max_rate=1.25 * ceiling_rate)
+    return Comparison(rate, how, naive_rate, ceiling_rate, run.actor_stage, len(run.arrivals))

@@ -1,0 +1,90 @@
+"""The real `nbgrader autograde` grades Phase 2 right: it measures optimization, it does not trust it.
+
+- reference: the validation solved as in `solutions/` -> every point;
+- blank: the release as handed out -> 0 on every graded cell;
+- naive: a correct pipeline in the slow pattern (the model loaded in a per-batch function, small
+  batches) -> its counts and schema pass; efficiency and speedup fail, and the feedback names the
+  knob to turn (load the model once per actor).
+
+Only the validation runs here: the Phase 2 lessons run under nbval (`make test`).
+"""
+
+from __future__ import annotations
+
+from html import unescape
+
+import nbformat
+import pytest
+
+from conftest import ROOT, cell_scores, graded_outputs, solved, submit
+from graders.cli import nbgrader, scratch_course
+
+pytestmark = pytest.mark.slow
+PHASE = "02_advanced_processing"
+VALIDATION = "04_validation"
+
+NAIVE = '''
+def build_embedding_pipeline(reviews_path, res):
+    def embed(batch):
+        tokenizer, model = gr.models.load_text_model(gr.models.device_for(res.accelerator))
+        texts = [gr.data.clean_review_text(t) for t in batch["text"]]
+        keep = np.array([bool(t) for t in texts], dtype=bool)
+        tokens = gr.models.tokenize([t for t in texts if t], tokenizer=tokenizer)
+        return {"review_id": batch["review_id"][keep], "product_id": batch["product_id"][keep],
+                "embedding": gr.models.embed_tokens(model, tokens["input_ids"], tokens["attention_mask"])}
+
+    reviews = ray.data.read_parquet(reviews_path).repartition(target_num_rows_per_block=32)
+    return reviews.map_batches(embed, batch_size=8)
+'''
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    root = tmp_path_factory.mktemp("class2")
+    release = scratch_course(root, ROOT / "solutions" / PHASE)
+    source = nbformat.read(ROOT / "solutions" / PHASE / f"{VALIDATION}.ipynb", 4)
+    blank = nbformat.read(release / f"{VALIDATION}.ipynb", 4)
+    submit(root, PHASE, "reference", VALIDATION, solved(nbformat.read(release / f"{VALIDATION}.ipynb", 4), source))
+    submit(root, PHASE, "blank", VALIDATION, blank)
+    naive = nbformat.read(release / f"{VALIDATION}.ipynb", 4)
+    cell = next(c for c in naive.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "embedding_pipeline")
+    cell.source = NAIVE.strip()
+    submit(root, PHASE, "naive", VALIDATION, naive)
+    nbgrader(root, "autograde", PHASE, "--create")
+    nbgrader(root, "generate_feedback", PHASE)
+    return root
+
+
+def scores(root, student):
+    return cell_scores(root, PHASE, VALIDATION, student)
+
+
+def autograded(root, student):
+    return nbformat.read(root / "autograded" / student / PHASE / f"{VALIDATION}.ipynb", 4)
+
+
+def test_reference_scores_full_marks_without_stderr(course):
+    cells = scores(course, "reference")
+    assert cells and all(score == most for score, most in cells.values()), cells
+    nb = autograded(course, "reference")
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade"):
+            assert not [o for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"], cell.source[:80]
+    printed = "".join(o.get("text", "") for o in graded_outputs(nb, "efficiency"))
+    assert "efficiency" in printed and "ceiling" in printed, printed
+
+
+def test_blank_scores_zero_on_every_graded_cell(course):
+    cells = scores(course, "blank")
+    assert cells and all(score == 0 for score, _ in cells.values()), cells
+
+
+def test_naive_pipeline_is_correct_but_not_optimized(course):
+    cells = scores(course, "naive")
+    for name in ("embedding_count", "embedding_schema"):
+        assert cells[name][0] == cells[name][1], (name, cells)
+    for name in ("efficiency", "speedup"):
+        assert cells[name][0] == 0, (name, cells)
+    html = unescape((course / "feedback" / "naive" / PHASE / f"{VALIDATION}.html").read_text())
+    assert "load the model once per actor" in html
+    assert "BEGIN HIDDEN TESTS" not in html
