@@ -8,7 +8,7 @@ Import it once at the top of every notebook:
 
 Modules, each small enough to read:
     session    start/stop Ray, size resources, keep graded cells free of stderr
-    data       the course datasets (images, support messages, tables) and their exact counts
+    data       the course datasets (images, support messages, reviews, tables) and their exact counts
     models     the offline pretrained models (EfficientNet-Lite0, all-MiniLM-L6-v2)
     telemetry  UtilizationMonitor: measured GPU (NVML) and CPU utilization
     perf       the model-only ceiling and the naive baseline a pipeline is measured against

@@ -33,7 +33,7 @@ def cmd_data(args) -> int:
     paths = data.prepare(size=args.size)
     c = data.counts(paths.size)
     print(f"Course data ({paths.size}) at {paths.root}: {c.images:,} images, {c.messages:,} support "
-          f"messages, {c.products:,} products, {c.customers:,} customers")
+          f"messages, {c.reviews:,} reviews, {c.products:,} products, {c.customers:,} customers")
     return 0
 
 

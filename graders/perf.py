@@ -26,7 +26,7 @@ from graders import data, models
 
 MIN_STEADY_BLOCKS = 8  # fewer output blocks than this: the rate covers the whole run instead
 CEILING_BATCH = {"cpu": 64, "cuda": 512}  # the fastest batch size measured for each device
-NAIVE_ROWS = 1_920  # the naive baseline's sample: all of the small data, the first parts of the full
+NAIVE_ROWS = 1_920  # the naive baseline's sample: all of the small data, the first reviews of the full
 
 
 @dataclass
@@ -46,18 +46,19 @@ class Ceiling:
                 f"({self.device}, batch {self.batch_size}, one process, no Ray)")
 
 
-def clean_reviews(reviews_path: str) -> list[str]:
-    """The review texts that keep words after `data.clean_review_text`, in file order."""
+def reviews_dataset(reviews_path: str):
+    """The raw reviews as a pyarrow dataset (a local folder or a URI such as s3://...?endpoint_override=...)."""
     import pyarrow.dataset as pads
-
-    table = pads.dataset(reviews_path, format="parquet", filesystem=_filesystem(reviews_path)).to_table(columns=["text"])
-    return [t for t in map(data.clean_review_text, table.column("text").to_pylist()) if t]
-
-
-def _filesystem(path: str):
     import pyarrow.fs as pafs
 
-    return pafs.FileSystem.from_uri(path)[0] if "://" in path else None
+    filesystem, path = pafs.FileSystem.from_uri(reviews_path) if "://" in reviews_path else (None, reviews_path)
+    return pads.dataset(path, format="parquet", filesystem=filesystem)
+
+
+def clean_reviews(reviews_path: str) -> list[str]:
+    """The review texts that keep words after `data.clean_review_text`, in file order."""
+    table = reviews_dataset(reviews_path).to_table(columns=["text"])
+    return [t for t in map(data.clean_review_text, table.column("text").to_pylist()) if t]
 
 
 def model_ceiling(reviews_path: str, device: str = "cpu", threads: int | None = None,
@@ -98,9 +99,9 @@ def naive_embedding_pipeline(reviews_path: str, batch_size: int = 8, rows_per_bl
                              max_rows: int = NAIVE_ROWS):
     """The slow pattern: load the model inside a per-batch function (do not copy this).
 
-    It reads the first Parquet parts of the reviews, at least `max_rows` rows (all of the small
-    data): its rate is measured on the same rows your pipeline reads, without spending an hour on
-    the full data. `num_gpus`: give each task a GPU on a GPU machine (`res.gpus_per_actor`).
+    It reads the first `max_rows` reviews (all of the small data): its rate is measured on rows
+    your pipeline reads too, without spending an hour on the full data. `num_gpus`: give each task
+    a GPU on a GPU machine (`res.gpus_per_actor`).
     """
     import ray
 
@@ -115,25 +116,9 @@ def naive_embedding_pipeline(reviews_path: str, batch_size: int = 8, rows_per_bl
             "embedding": models.embed_tokens(model, tokens["input_ids"], tokens["attention_mask"]),
         }
 
-    reviews = ray.data.read_parquet(first_parts(reviews_path, max_rows))
+    reviews = ray.data.read_parquet(reviews_path).limit(max_rows)
     reviews = reviews.repartition(target_num_rows_per_block=rows_per_block)
     return reviews.map_batches(embed_batch, batch_size=batch_size, num_gpus=num_gpus)
-
-
-def first_parts(reviews_path: str, max_rows: int) -> list[str]:
-    """The first Parquet files (in name order) that together hold at least `max_rows` rows."""
-    import pyarrow.dataset as pads
-
-    dataset = pads.dataset(reviews_path, format="parquet", filesystem=_filesystem(reviews_path))
-    chosen, rows = [], 0
-    for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
-        chosen.append(fragment.path)
-        rows += fragment.metadata.num_rows
-        if rows >= max_rows:
-            break
-    query = reviews_path.partition("?")[2] if "://" in reviews_path else ""
-    scheme = reviews_path.split("://", 1)[0] + "://" if "://" in reviews_path else ""
-    return [scheme + p + (f"?{query}" if query else "") for p in chosen]
 
 
 def steady_rate(arrivals: list[tuple[float, int]], total_seconds: float, max_rate: float | None = None):

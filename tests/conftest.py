@@ -76,6 +76,20 @@ def cell_scores(root: Path, phase: str, notebook: str, student: str) -> dict[str
     return cells
 
 
+def autograded(root: Path, phase: str, notebook: str, student: str):
+    """A student's notebook as nbgrader autograde left it (executed, with outputs)."""
+    import nbformat
+
+    return nbformat.read(root / "autograded" / student / phase / f"{notebook}.ipynb", 4)
+
+
+def no_stderr_in_graded_cells(nb) -> None:
+    """nbgrader scores a test cell 0 for any stderr: the reference must write none."""
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade"):
+            assert not [o for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"], cell.source[:80]
+
+
 def graded_outputs(nb, grade_id: str):
     """The outputs of the cell with this grade id."""
     return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id).outputs

@@ -11,7 +11,8 @@ from html import unescape
 
 import nbformat
 import pytest
-from conftest import ROOT, cell_scores, graded_outputs, solved
+from conftest import ROOT, cell_scores, graded_outputs, no_stderr_in_graded_cells, solved
+from conftest import autograded as _autograded
 from conftest import submit as _submit
 
 from graders.cli import nbgrader, scratch_course
@@ -72,15 +73,13 @@ def grades(root, student):
 
 
 def autograded(root, student):
-    return nbformat.read(root / "autograded" / student / PHASE / f"{VALIDATION}.ipynb", 4)
+    return _autograded(root, PHASE, VALIDATION, student)
 
 
 def test_reference_scores_full_marks_without_stderr(course):
     cells = grades(course, "reference")
     assert cells and all(score == most for score, most in cells.values()), cells
-    for cell in autograded(course, "reference").cells:
-        if cell.metadata.get("nbgrader", {}).get("grade"):
-            assert not [o for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"], cell.source[:80]
+    no_stderr_in_graded_cells(autograded(course, "reference"))
     for lesson in sorted((course / "autograded" / "reference" / PHASE).glob("0[0-3]_*.ipynb")):
         errors = [o for c in nbformat.read(lesson, 4).cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert not errors, f"{lesson.name}: {errors[0].ename}: {errors[0].evalue}"

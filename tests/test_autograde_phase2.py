@@ -16,7 +16,8 @@ from html import unescape
 import nbformat
 import pytest
 
-from conftest import ROOT, cell_scores, graded_outputs, solved, submit
+from conftest import ROOT, cell_scores, graded_outputs, no_stderr_in_graded_cells, solved
+from conftest import autograded as _autograded, submit
 from graders.cli import nbgrader, scratch_course
 
 pytestmark = pytest.mark.slow
@@ -60,16 +61,14 @@ def scores(root, student):
 
 
 def autograded(root, student):
-    return nbformat.read(root / "autograded" / student / PHASE / f"{VALIDATION}.ipynb", 4)
+    return _autograded(root, PHASE, VALIDATION, student)
 
 
 def test_reference_scores_full_marks_without_stderr(course):
     cells = scores(course, "reference")
     assert cells and all(score == most for score, most in cells.values()), cells
     nb = autograded(course, "reference")
-    for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("grade"):
-            assert not [o for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"], cell.source[:80]
+    no_stderr_in_graded_cells(nb)
     printed = "".join(o.get("text", "") for o in graded_outputs(nb, "efficiency"))
     assert "efficiency" in printed and "ceiling" in printed, printed
 

@@ -49,3 +49,19 @@ def test_phase1_validation_reads_its_data_from_s3(s3_root, monkeypatch):
     run = execute_notebook(ROOT / "solutions" / "01_foundation" / "04_validation.ipynb")["run_pipelines"]
     assert "image pipeline: 96 rows" in run and "text pipeline: 240 rows" in run, run
     assert os.environ["COURSE_DATA"].startswith("s3://")
+
+
+def test_phase2_yardsticks_read_the_reviews_from_s3(s3_root):
+    import ray
+
+    from graders import perf
+
+    paths = data.prepare(root=s3_root)
+    assert paths.reviews.startswith("s3://course-data/data/small/reviews?")
+    assert len(perf.clean_reviews(paths.reviews)) == data.counts().reviews_kept  # the ceiling's input
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:  # the naive baseline reads the reviews through Ray
+        embedded = perf.naive_embedding_pipeline(paths.reviews, max_rows=120).count()
+        assert 110 <= embedded < 120  # 120 reviews read; every 32nd review has no words and is dropped
+    finally:
+        ray.shutdown()

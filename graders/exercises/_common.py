@@ -59,3 +59,24 @@ def _expect_float32(ds, column: str, what: str) -> None:
               f"convert them: np.asarray(..., dtype=np.float32) or .astype(np.float32) on '{column}'.")
 
 
+
+
+def _read_back(value, what: str, expected_rows: int, hint: str, again: str):
+    """Read the Parquet folder a learner wrote (materialized), or fail saying why.
+
+    `again` is the advice when the folder holds whole extra copies (an earlier run's files).
+    """
+    import ray
+
+    _answered(value, what, "the folder you wrote (a str)", hint)
+    if not isinstance(value, str):
+        _fail(what, "the folder you wrote, as a str", f"a {type(value).__name__}", hint)
+    try:
+        back = ray.data.read_parquet(value).materialize()
+    except Exception as exc:  # noqa: BLE001  (any read failure: say what we found, in one line)
+        _fail(f"Parquet files at {value}", f"the {what} you wrote", f"none we can read ({_user_error(exc)})", hint)
+    rows = back.count()
+    if rows > expected_rows and rows % expected_rows == 0:
+        _fail("rows read back", f"exactly {expected_rows:,}", f"{rows:,} ({rows // expected_rows} copies of every row)",
+              f"an earlier run's files are still there: {again}")
+    return back

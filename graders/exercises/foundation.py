@@ -14,7 +14,7 @@ from graders.exercises._common import (
     _expect_columns,
     _expect_float32,
     _materialized,
-    _user_error,
+    _read_back,
 )
 
 # --- 01_install_and_verify ---------------------------------------------------------------------
@@ -208,15 +208,10 @@ def _embeddings(value):
 
 @exercise("13.parquet_written")
 def _parquet_written(value):
-    import ray
-
     hint = "embeddings.write_parquet(out_dir, mode='overwrite')."
-    _answered(value, "Parquet folder", "the folder you wrote", hint)
-    try:
-        back = ray.data.read_parquet(str(value))
-        rows = back.count()
-    except Exception as exc:
-        _fail(f"Parquet files at {value}", "the embeddings you wrote", f"none we can read ({_user_error(exc)})", hint)
+    back = _read_back(None if value is None else str(value), "Parquet folder", data.counts().messages, hint,
+                      "write with mode='overwrite' so a re-run replaces the files instead of adding more.")
+    rows = back.count()
     expect_count(rows, data.counts().messages, "rows read back from your Parquet folder",
                  "write with mode='overwrite' so a re-run replaces the files instead of adding more.")
     expect_schema(back, {"ticket_id": pa.string(), "embedding": Tensor((384,), "float32")}, "rows read back")

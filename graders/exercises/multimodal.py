@@ -10,11 +10,10 @@ import pyarrow as pa
 from graders import data
 from graders.checks import Tensor, _fail, _type_matches, exercise, expect_count
 from graders.exercises._common import (
-    _answered,
     _expect_columns,
     _expect_float32,
     _materialized,
-    _user_error,
+    _read_back,
 )
 
 JOINED_COLUMNS = ["product_id", "image_features", "text_embedding", "review_count", "mean_rating"]
@@ -221,18 +220,10 @@ def _fused(value):
 
 @exercise("23.training_table")
 def _training_table(value):
-    import ray
-
     hint = "delete the folder with pyarrow.fs, then fused.map_batches(add_category).write_parquet(out_dir)."
-    _answered(value, "training table folder", "the folder you wrote (out_dir)", hint)
-    try:
-        back = ray.data.read_parquet(str(value)).materialize()
-    except Exception as exc:  # noqa: BLE001  (any read error: show it in one line)
-        _fail(f"Parquet files at {value}", "the training table you wrote", f"none we can read ({_user_error(exc)})", hint)
     n = data.counts().products
-    if back.count() > n and back.count() % n == 0:
-        _fail("rows read back", f"exactly {n}", f"{back.count()} ({back.count() // n} copies of the table)",
-              "an earlier run's files are still there: delete the folder first (fs.delete_dir), then write.")
+    back = _read_back(None if value is None else str(value), "training table folder", n, hint,
+                      "delete the folder first (fs.delete_dir), then write.")
     _expect_columns(back, TABLE_COLUMNS, "training table",
                     "write fused with one more column, 'category', added by add_category.")
     _expect_types(back, "training table")

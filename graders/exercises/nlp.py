@@ -11,11 +11,10 @@ import pyarrow as pa
 from graders import data, models
 from graders.checks import Tensor, _fail, exercise, expect_count, expect_schema
 from graders.exercises._common import (
-    _answered,
     _expect_columns,
     _expect_float32,
     _materialized,
-    _user_error,
+    _read_back,
 )
 
 _TAG = re.compile(r"<\s*/?\s*[A-Za-z][^>]*>")
@@ -165,22 +164,11 @@ def _embeddings(value):
 
 @exercise("22.written")
 def _written(value):
-    import ray
-
     hint = "delete the old folder with pyarrow.fs, then embeddings.write_parquet(out_dir), and set written = out_dir."
-    _answered(value, "Parquet folder", "the folder you wrote (a str)", hint)
-    if not isinstance(value, str):
-        _fail("Parquet folder", "the folder you wrote, as a str", f"a {type(value).__name__}", hint)
-    try:
-        back = ray.data.read_parquet(value)
-        rows = back.count()
-    except Exception as exc:  # noqa: BLE001  (any read failure: say what we found, in one line)
-        _fail(f"Parquet files at {value}", "the embeddings you wrote", f"none we can read ({_user_error(exc)})", hint)
     kept = _kept_reviews(data.paths().reviews)
-    if rows > len(kept) and rows % len(kept) == 0:
-        _fail("rows read back", f"exactly {len(kept):,}", f"{rows:,} ({rows // len(kept)} copies of every row)",
-              "an earlier run's files are still there: empty the folder before you write "
-              "(fs.delete_dir_contents(folder, missing_dir_ok=True)).")
+    back = _read_back(value, "Parquet folder", len(kept), hint,
+                      "empty the folder before you write (fs.delete_dir_contents(folder, missing_dir_ok=True)).")
+    rows = back.count()
     expect_count(rows, len(kept), "rows read back from your Parquet folder",
                  "write the materialized embeddings, all of them, once.")
     expect_schema(back, {"review_id": pa.string(), "product_id": pa.string(),
