@@ -26,7 +26,7 @@ from graders import data, models
 
 MIN_STEADY_BLOCKS = 8  # fewer output blocks than this: the rate covers the whole run instead
 CEILING_BATCH = {"cpu": 64, "cuda": 512}  # the fastest batch size measured for each device
-NAIVE_ROWS = 1_920  # the naive baseline's sample: all of the small data, the first reviews of the full
+NAIVE_ROWS = 1_920  # the naive baseline's sample: all of the small data, 1,920 reviews of the full
 
 
 @dataclass
