@@ -529,6 +529,23 @@ def clean_review_text(text: str) -> str:
     return " ".join(html.unescape(_TAG_RE.sub(" ", text or "")).split())
 
 
+def read_reviews(reviews_path: str | None = None, kept: bool = False) -> pa.Table:
+    """The reviews as one table (a local folder or a URI such as s3://...?endpoint_override=...).
+
+    kept=True: only the reviews with words left after `clean_review_text`, their text cleaned.
+    """
+    import pyarrow.dataset as pads
+
+    reviews_path = reviews_path or paths().reviews
+    fs, base = pafs.FileSystem.from_uri(reviews_path) if "://" in reviews_path else (None, reviews_path)
+    table = pads.dataset(base, format="parquet", filesystem=fs).to_table()
+    if not kept:
+        return table
+    texts = [clean_review_text(t) for t in table.column("text").to_pylist()]
+    keep = pa.array([bool(t) for t in texts])
+    return table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts, pa.string())).filter(keep)
+
+
 def _review(rng: random.Random, rating: int, name: str, category: str) -> str:
     positive = rating >= 4
     closer = rng.choice(_REVIEW_CLOSERS).format(verb="definitely" if positive else "not",

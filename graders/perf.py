@@ -46,21 +46,6 @@ class Ceiling:
                 f"({self.device}, batch {self.batch_size}, one process, no Ray)")
 
 
-def reviews_dataset(reviews_path: str):
-    """The raw reviews as a pyarrow dataset (a local folder or a URI such as s3://...?endpoint_override=...)."""
-    import pyarrow.dataset as pads
-    import pyarrow.fs as pafs
-
-    filesystem, path = pafs.FileSystem.from_uri(reviews_path) if "://" in reviews_path else (None, reviews_path)
-    return pads.dataset(path, format="parquet", filesystem=filesystem)
-
-
-def clean_reviews(reviews_path: str) -> list[str]:
-    """The review texts that keep words after `data.clean_review_text`, in file order."""
-    table = reviews_dataset(reviews_path).to_table(columns=["text"])
-    return [t for t in map(data.clean_review_text, table.column("text").to_pylist()) if t]
-
-
 def model_ceiling(reviews_path: str, device: str = "cpu", threads: int | None = None,
                   batch_size: int | None = None, monitor: bool = True) -> Ceiling:
     """Time the text model alone on every cleaned review, tokenized beforehand (one warm-up batch)."""
@@ -71,7 +56,7 @@ def model_ceiling(reviews_path: str, device: str = "cpu", threads: int | None = 
     from graders.telemetry import UtilizationMonitor
 
     batch_size = batch_size or CEILING_BATCH["cuda" if device == "cuda" else "cpu"]
-    tokens = models.tokenize(clean_reviews(reviews_path))
+    tokens = models.tokenize(data.read_reviews(reviews_path, kept=True).column("text").to_pylist())
     before = torch.get_num_threads()
     _, model = models.load_text_model(device, threads=threads)
     ids, mask = tokens["input_ids"], tokens["attention_mask"]

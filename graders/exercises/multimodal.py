@@ -31,16 +31,10 @@ _TENSORS = {
 @functools.lru_cache(maxsize=2)
 def _true_reviews(reviews_path: str) -> dict[str, tuple[int, float, tuple[str, ...]]]:
     """product_id -> (reviews with words, their mean rating, their cleaned texts)."""
-    import pyarrow.dataset as pads
-    import pyarrow.fs as pafs
-
-    fs, base = pafs.FileSystem.from_uri(reviews_path)
-    table = pads.dataset(base, filesystem=fs, format="parquet").to_table(columns=["product_id", "rating", "text"])
+    table = data.read_reviews(reviews_path, kept=True)
     kept: dict[str, list] = {}
     for pid, rating, text in zip(*(table.column(c).to_pylist() for c in ("product_id", "rating", "text"))):
-        clean = data.clean_review_text(text)
-        if clean:
-            kept.setdefault(pid, []).append((rating, clean))
+        kept.setdefault(pid, []).append((rating, text))
     return {pid: (len(v), float(np.mean([r for r, _ in v])), tuple(t for _, t in v)) for pid, v in kept.items()}
 
 

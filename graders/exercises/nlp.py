@@ -25,17 +25,8 @@ _CLEAN_HINT = "apply gr.data.clean_review_text to every text in the batch: batch
 @functools.lru_cache(maxsize=2)
 def _kept_reviews(reviews_path: str) -> dict[str, tuple[str, str]]:
     """review_id -> (product_id, cleaned text) of every review with words left, read without Ray."""
-    import pyarrow.dataset as pads
-    import pyarrow.fs as pafs
-
-    fs, base = pafs.FileSystem.from_uri(reviews_path)
-    table = pads.dataset(base, format="parquet", filesystem=fs).to_table(columns=["review_id", "product_id", "text"])
-    kept = {}
-    for rid, pid, raw in zip(*(table.column(c).to_pylist() for c in ("review_id", "product_id", "text"))):
-        text = data.clean_review_text(raw)
-        if text:
-            kept[rid] = (pid, text)
-    return kept
+    table = data.read_reviews(reviews_path, kept=True)
+    return {rid: (pid, text) for rid, pid, text in zip(*(table.column(c).to_pylist() for c in ("review_id", "product_id", "text")))}
 
 
 @functools.lru_cache(maxsize=1)
