@@ -43,8 +43,12 @@ lab: setup data workspace ## start JupyterLab on your workspace
 check: setup data ## am I done? grade your validation notebook: make check PHASE=1
 	$(BIN)/course check $(PHASE)
 
-test: setup data ## the whole test suite: kit, notebooks (nbval), release sync, real nbgrader autograde
-	$(BIN)/python -m pytest tests solutions --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(PYTEST_ARGS)
+# The lessons run under nbval. The validation notebooks run under the real `nbgrader autograde`
+# instead (tests/test_autograde*.py: the reference must earn every point), which is stricter than
+# nbval and would otherwise run each of them twice.
+test: setup data ## the whole test suite: kit, lessons (nbval), release sync, real nbgrader autograde
+	$(BIN)/python -m pytest tests solutions --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider \
+		--ignore-glob='solutions/*/*_validation.ipynb' --durations=20 $(PYTEST_ARGS)
 
 test-fast: setup ## quick edit loop: unit tests only (no Ray, no notebooks)
 	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)

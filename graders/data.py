@@ -529,16 +529,20 @@ def clean_review_text(text: str) -> str:
     return " ".join(html.unescape(_TAG_RE.sub(" ", text or "")).split())
 
 
+def read_parquet_folder(path: str) -> pa.Table:
+    """A folder of Parquet files (local or a URI such as s3://...), `key=value/` folders included, as one table."""
+    import pyarrow.dataset as pads
+
+    fs, base = pafs.FileSystem.from_uri(path) if "://" in path else (None, path)
+    return pads.dataset(base, format="parquet", filesystem=fs, partitioning="hive").to_table()
+
+
 def read_reviews(reviews_path: str | None = None, kept: bool = False) -> pa.Table:
     """The reviews as one table (a local folder or a URI such as s3://...?endpoint_override=...).
 
     kept=True: only the reviews with words left after `clean_review_text`, their text cleaned.
     """
-    import pyarrow.dataset as pads
-
-    reviews_path = reviews_path or paths().reviews
-    fs, base = pafs.FileSystem.from_uri(reviews_path) if "://" in reviews_path else (None, reviews_path)
-    table = pads.dataset(base, format="parquet", filesystem=fs).to_table()
+    table = read_parquet_folder(reviews_path or paths().reviews)
     if not kept:
         return table
     texts = [clean_review_text(t) for t in table.column("text").to_pylist()]
@@ -561,6 +565,33 @@ def _review(rng: random.Random, rating: int, name: str, category: str) -> str:
     elif noise == 3:
         text = "\t" + text.replace(" ", "   ", 2) + "  "
     return text
+
+
+def write_heldout_reviews(folder: str, n: int, seed: int, size: str | None = None) -> pa.Table:
+    """Write `n` NEW reviews (never in the course data) as one Parquet file in `folder`, and return them.
+
+    Same writer and products as `reviews/`, another random seed: data a trained model has not
+    seen. Graders use it for held-out tests; the folder is cleared first. Ids start at R900001.
+    """
+    c = counts(size)
+    products = _products(c)
+    names, categories = products.column("name").to_pylist(), products.column("category").to_pylist()
+    rng = random.Random(seed)
+    rows = {"review_id": [], "product_id": [], "rating": [], "text": []}
+    for r in range(n):
+        p = rng.randrange(c.products)
+        rating = rng.choices([1, 2, 3, 4, 5], weights=[1, 1, 1, 2, 3])[0]
+        rows["review_id"].append(f"R{900_001 + r:06d}")
+        rows["product_id"].append(f"P{p + 1:06d}")
+        rows["rating"].append(rating)
+        rows["text"].append(_review(rng, rating, names[p], categories[p]))
+    table = pa.table({"review_id": pa.array(rows["review_id"], pa.string()), "product_id": pa.array(rows["product_id"], pa.string()),
+                      "rating": pa.array(rows["rating"], pa.int8()), "text": pa.array(rows["text"], pa.string())})
+    fs, base = pafs.FileSystem.from_uri(folder) if "://" in folder else (pafs.LocalFileSystem(), _absolute(folder))
+    fs.create_dir(base, recursive=True)
+    fs.delete_dir_contents(base, missing_dir_ok=True)
+    pq.write_table(table, f"{base}/part-000.parquet", filesystem=fs)
+    return table
 
 
 def _write_reviews(fs: pafs.FileSystem, folder: str, c: Counts, products: pa.Table) -> None:

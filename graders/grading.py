@@ -3,6 +3,9 @@
 - `run_pipeline(build, *args)`: calls the learner's function, executes the Dataset it returns
   under a `UtilizationMonitor`, and keeps the rows, the time, the measured report and any
   error. Test cells then ask `run.table()`, which turns a failed run into one readable reason.
+- `run_step(name, fn, *args)`: calls one step of a learner's job (a training run, a batch job
+  that writes files), optionally under a `UtilizationMonitor`, and keeps its return value, time,
+  report and error the same way. `run.value()` is the return value or one readable reason.
 - `graded_cells(notebook)`: each graded cell of an autograded notebook with its points, pass or
   fail, the reason and what it printed (its measured numbers). Used by `course check`.
 """
@@ -70,12 +73,57 @@ def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> Pip
                     tables.append(block)
             run.rows = pa.concat_tables(tables) if tables else pa.table({})
             run.nodes = max(map(int, re.findall(r"(\d+) nodes used", ds.stats())), default=0)
-    except NotImplementedError:
-        run.error = "the function is not written yet (it raises NotImplementedError)"
     except Exception as exc:  # the learner's code: report, never crash the grader
-        frames = traceback.extract_tb(exc.__traceback__)
-        where = next((f"line {f.lineno} of your cell" for f in reversed(frames) if f.filename.startswith("<ipython")), "")
-        run.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''} {where}".strip()
+        run.error = _learner_error(exc)
+    run.report = getattr(mon, "report", None)
+    run.seconds = time.perf_counter() - start
+    print(run)
+    return run
+
+
+def _learner_error(exc: Exception) -> str:
+    """One line: what the learner's code raised, and where in their cell."""
+    if isinstance(exc, NotImplementedError):
+        return "the function is not written yet (it raises NotImplementedError)"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = next((f"line {f.lineno} of your cell" for f in reversed(frames) if f.filename.startswith("<ipython")), "")
+    text = str(exc).strip()
+    if "Training failed due to worker errors" in text:  # Ray Train: the worker's own error is the last line
+        text = next((line.strip() for line in reversed(text.splitlines()) if re.match(r"^\w*(Error|Exception)\b", line.strip())), text)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''} {where}".strip()
+
+
+@dataclass
+class StepRun:
+    name: str
+    result: object = None  # what the learner's function returned
+    report: UtilizationReport | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    def value(self):
+        """The step's return value, or CheckFailed saying why there is none."""
+        if self.error:
+            raise CheckFailed(f"{self.name} did not run: {self.error}")
+        return self.result
+
+    def __str__(self) -> str:
+        if self.error:
+            return f"{self.name}: FAILED - {self.error}"
+        util = f"; {self.report.device} mean {self.report.mean:.0f} %" if self.report and self.report.mean is not None else ""
+        return f"{self.name}: done in {self.seconds:.1f} s{util}"
+
+
+def run_step(name: str, fn, *args, monitor: bool = False, **kwargs) -> StepRun:
+    """Call `fn(*args, **kwargs)` once, timed (and measured when `monitor`); errors are kept, not raised."""
+    run = StepRun(name)
+    start = time.perf_counter()
+    mon = UtilizationMonitor() if monitor else contextlib.nullcontext()
+    try:
+        with mon:
+            run.result = fn(*args, **kwargs)
+    except Exception as exc:  # the learner's code: report, never crash the grader
+        run.error = _learner_error(exc)
     run.report = getattr(mon, "report", None)
     run.seconds = time.perf_counter() - start
     print(run)

@@ -9,6 +9,8 @@
   Split in two stages: `tokenize` (CPU, fixed length `TEXT_MAX_TOKENS`, tokenizer cached once per
   process by `text_tokenizer`) and `embed_tokens` (the model, on the accelerator).
   Pass `model_id="sentence-transformers/all-MiniLM-L6-v2"` only where you have internet.
+- Rating classifier (Phase 3): `rating_classifier()` is a small network you train yourself on
+  the frozen text embeddings, predicting a review's stars (class = rating - 1).
 
 Load a model once per Ray actor (in `__init__` of a callable class), never once per batch.
 """
@@ -22,6 +24,7 @@ import numpy as np
 VISION_INPUT_SIZE = 224
 VISION_FEATURES = 1280
 TEXT_EMBEDDING_SIZE = 384
+RATINGS = 5  # review stars 1..5; a rating classifier predicts class index rating - 1
 TEXT_MAX_TOKENS = 32  # the course's reviews and messages fit; fixed length keeps batches stackable
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -141,3 +144,17 @@ def embed_texts(tokenizer, model, texts, max_length: int = 128) -> np.ndarray:
     """Sentence embeddings (N, 384), float32, L2-normalized: tokenize and embed in one call."""
     tokens = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np")
     return embed_tokens(model, tokens["input_ids"], tokens["attention_mask"])
+
+
+def rating_classifier(hidden: int = 64, seed: int = 0):
+    """An untrained torch network: a 384-d text embedding -> logits for 1..5 stars (class = rating - 1).
+
+    One hidden layer is plenty on top of MiniLM's embeddings. The same `seed` gives the same
+    initial weights in every worker, so a run can be repeated.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(TEXT_EMBEDDING_SIZE, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, RATINGS)
+    )

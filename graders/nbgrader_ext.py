@@ -27,7 +27,7 @@ from graders.telemetry import UtilizationMonitor
 
 class MeasuredExecute(Execute):
     measured_cells = List(["run_pipelines"], help="grade ids of the cells that run learner pipelines").tag(config=True)
-    utilization_cells = List(["accelerator_stage", "accelerator_utilization"], help="graded cells that must publish a utilization report").tag(config=True)
+    utilization_cells = List(["accelerator_stage", "accelerator_utilization", "inference_utilization"], help="graded cells that must publish a utilization report").tag(config=True)
     tolerance = Float(25.0, help="largest allowed gap (percentage points) between inside and outside means").tag(config=True)
     phase = Unicode("", help="targets to use; default: the assignment folder's name").tag(config=True)
 

@@ -10,6 +10,9 @@
   the driver. Start-up (worker processes, model loading) is left out, because on a big dataset it
   is paid once; on the course's small data it would otherwise hide what the pipeline can do.
 
+- `peak_memory_mb(fn, device)`: the memory a call adds at its peak (Phase 3: batch size against
+  memory).
+
 Both pipelines and the ceiling use the same inputs: the cleaned reviews, tokenized to
 `models.TEXT_MAX_TOKENS` tokens, so each processes exactly the same work.
 """
@@ -174,3 +177,44 @@ def compare(run, naive_run, ceiling: Ceiling, res) -> Comparison:
     rate, how = steady_rate(run.arrivals, run.seconds, max_rate=1.25 * ceiling_rate)
     naive_rate, _ = steady_rate(naive_run.arrivals, naive_run.seconds, max_rate=1.25 * ceiling_rate)
     return Comparison(rate, how, naive_rate, ceiling_rate, run.actor_stage, len(run.arrivals))
+
+
+def peak_memory_mb(fn, device: str = "cpu", interval: float = 0.002) -> float:
+    """MiB that `fn()` adds at its peak above what was in use when it started.
+
+    On a GPU: the CUDA allocator's peak (`torch.cuda.max_memory_allocated`), exact. On a CPU: the
+    process's resident memory, sampled every `interval` s in a thread, so a peak shorter than
+    that can be missed, and memory the allocator keeps from an earlier call is not counted again:
+    measure batch sizes from small to large.
+    """
+    import threading
+
+    import psutil
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    process = psutil.Process()
+    before = peak = process.memory_info().rss
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    peak = max(peak, process.memory_info().rss)
+    return (peak - before) / 2**20

@@ -43,6 +43,8 @@ class Resources:
     gpus_per_actor: float  # 0 without a GPU: never ask for a GPU that is not there
     torch_threads: int  # intra-op threads each model actor may use
     batch_size: int  # model batch size suited to the device
+    train_workers: int  # Ray Train workers (ScalingConfig.num_workers)
+    cpus_per_train_worker: float  # ScalingConfig.resources_per_worker["CPU"]; use_gpu when gpus > 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,7 +54,8 @@ class Resources:
         return (
             f"{self.cpus} CPUs, {dev} -> model stage: {self.model_actors} actor(s) x "
             f"({self.cpus_per_actor:g} CPU, {self.gpus_per_actor:g} GPU), "
-            f"batch_size={self.batch_size}, torch threads={self.torch_threads}"
+            f"batch_size={self.batch_size}, torch threads={self.torch_threads}; training: "
+            f"{self.train_workers} worker(s) x ({self.cpus_per_train_worker:g} CPU, {1 if self.gpus else 0} GPU)"
         )
 
 
@@ -66,7 +69,8 @@ def plan_resources(cpus: int, gpus: int) -> Resources:
         # One actor per GPU; each keeps at most one CPU (and never more than half of them) so
         # the other CPUs decode and preprocess.
         cpu_share = min(1.0, cpus / (2 * gpus))
-        return Resources(cpus, gpus, "cuda", gpus, cpu_share, 1.0, 1, 128)
+        # Training: one worker per GPU (use_gpu=True), with the same CPU share.
+        return Resources(cpus, gpus, "cuda", gpus, cpu_share, 1.0, 1, 128, gpus, cpu_share)
     # CPU only: the model actors take at most half the CPUs, so read and preprocessing tasks
     # always find a free CPU (2 actors x 1 CPU on 2 CPUs deadlocks against the read tasks).
     # Each actor still runs torch on its share of the cores.
@@ -74,7 +78,10 @@ def plan_resources(cpus: int, gpus: int) -> Resources:
         raise ValueError(f"Expected at least 2 CPUs in Ray for a model stage plus read tasks, found {cpus}. "
                          "Try: COURSE_CPUS=2 (Ray's CPUs are logical; a 1-core machine can run 2).")
     actors = max(1, cpus // 2)
-    return Resources(cpus, 0, "cpu", actors, 1.0, 0.0, max(1, cpus // actors), 16)
+    # Training: data-parallel workers that together take half the CPUs (2 workers x 0.5 CPU on 2
+    # CPUs): the other half feeds them, because Ray Data's ingest tasks need a free CPU too.
+    workers = max(2, cpus // 4)
+    return Resources(cpus, 0, "cpu", actors, 1.0, 0.0, max(1, cpus // actors), 16, workers, cpus / 2 / workers)
 
 
 def is_grading() -> bool:

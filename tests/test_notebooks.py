@@ -16,6 +16,7 @@ FORBIDDEN = {
     r"torch\.hub\.load|from_pretrained\(\s*['\"](bert-base|gpt2|facebook/|google/)": "no downloads at run time",
     r"sys\.path\.(append|insert)": "import the kit normally",
     r"['\"]gpu_utilization['\"]\s*:\s*['\"]": "utilization is measured, never a literal",
+    r"read_parquet\([^)]*\bcolumns\s*=": "deprecated in Ray 2.60: use read_parquet(path).select_columns([...])",
 }
 
 
@@ -28,6 +29,15 @@ def test_there_are_notebooks_and_every_phase_ends_in_validation():
     for phase in PHASES:
         names = sorted(p.name for p in (ROOT / "solutions" / phase).glob("*.ipynb"))
         assert names and names[-1].endswith("_validation.ipynb"), f"{phase}: {names}"
+
+
+def test_every_validation_runs_under_the_real_autograde():
+    """`make test` runs the lessons under nbval and leaves the validations to the autograde tests,
+    where the reference must earn every point: each phase needs one, or its validation never runs."""
+    autograde_tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_autograde*.py"))
+    for phase in PHASES:
+        assert f'PHASE = "{phase}"' in autograde_tests, f"no tests/test_autograde*.py grades {phase}'s validation"
+    assert "test_reference_scores_full_marks" in autograde_tests
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)

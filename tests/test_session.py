@@ -21,6 +21,14 @@ def test_one_actor_per_gpu(gpus):
     assert res.batch_size >= 64
 
 
+@pytest.mark.parametrize("cpus,gpus", [(2, 0), (3, 0), (4, 0), (16, 0), (64, 0), (16, 1), (16, 2), (8, 8)])
+def test_training_leaves_half_the_cpus_to_ray_data(cpus, gpus):
+    res = plan_resources(cpus, gpus)
+    assert res.train_workers >= (2 if not gpus else gpus), "data-parallel training needs workers to split the data"
+    assert res.train_workers * res.cpus_per_train_worker <= cpus / 2, "training would starve Ray Data's ingest"
+    assert res.cpus_per_train_worker > 0
+
+
 def test_too_few_cpus_is_a_clear_error():
     with pytest.raises(ValueError, match="at least 2 CPUs"):
         plan_resources(1, 0)

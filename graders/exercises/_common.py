@@ -40,6 +40,13 @@ def _materialized(value, what: str, hint: str = "assign the Dataset, e.g. ray.da
               "fix that error in your exercise cell (Ray prints the full traceback above), run it, then check again.")
 
 
+def _table(ds) -> pa.Table:
+    """A materialized Dataset's rows as one pyarrow Table (no pandas round trip: tensors stay tensors)."""
+    import ray
+
+    return pa.concat_tables(ray.get(ds.to_arrow_refs()))
+
+
 def _expect_columns(ds, wanted, what: str, hint: str) -> None:
     """Exactly these column names, with a hint that fits the exercise (read options, not map_batches)."""
     names = sorted(ds.schema().names)
