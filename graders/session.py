@@ -130,6 +130,10 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
         options = dict(
             logging_level=logging.ERROR if quiet else logging.WARNING,
             log_to_driver=not quiet,
+            # Worker processes log Ray's own warnings at ERROR: Ray Train 2.60's placement-group
+            # cleaner polls the State API, which needs the dashboard (not installed here), and
+            # warns about it every few seconds. Your prints and Python warnings still show.
+            logging_config=ray.LoggingConfig(log_level="ERROR"),
             runtime_env={"env_vars": WORKER_ENV},
         )
         address = os.environ.get("RAY_ADDRESS")

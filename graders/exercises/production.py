@@ -199,7 +199,9 @@ def _largest_batch(value):
 @exercise("33.cost_per_million")
 def _cost(value):
     _answered(value, "cost estimate", "{'rows_per_s': ..., 'price_per_hour': ..., 'cost_per_million': ...}", "fill in the cell above.")
-    rate, price, cost = (float(value.get(k, "nan")) for k in ("rows_per_s", "price_per_hour", "cost_per_million"))
+    for key in ("rows_per_s", "price_per_hour", "cost_per_million"):
+        _answered(value.get(key), key, "a number", "run the cells above, then fill in cost_per_million.")
+    rate, price, cost = (float(value[k]) for k in ("rows_per_s", "price_per_hour", "cost_per_million"))
     if not rate > 0:
         _fail("rows_per_s", "your measured throughput (> 0)", rate, "use the rows/s your measured run printed.")
     want = price / (rate * 3600) * 1_000_000
