@@ -567,26 +567,47 @@ def _review(rng: random.Random, rating: int, name: str, category: str) -> str:
     return text
 
 
-def write_heldout_reviews(folder: str, n: int, seed: int, size: str | None = None) -> pa.Table:
-    """Write `n` NEW reviews (never in the course data) as one Parquet file in `folder`, and return them.
+_DRIFT_SENTENCES = ["I had to contact support twice and wait a week for a reply.",
+                     "The instructions were missing, so setting it up took an afternoon.",
+                     "The box was damaged in transit and one part was scratched."]
+
+
+def new_reviews(n: int, seed: int, drift: float = 0.0, size: str | None = None) -> pa.Table:
+    """`n` NEW reviews (never in the course data), ids from R900001: review_id, product_id, rating, text.
 
     Same writer and products as `reviews/`, another random seed: data a trained model has not
-    seen. Graders use it for held-out tests; the folder is cleared first. Ids start at R900001.
+    seen. `drift` (0..1) moves the window away from the training data, as a new source of
+    reviews would: the rating mix shifts from mostly positive (1:1:1:2:3) towards mostly negative
+    (3:2:1:1:1), and a share `drift` of the reviews gets an extra sentence, so they grow longer.
     """
+    if not 0.0 <= drift <= 1.0:
+        raise ValueError(f"Expected drift between 0 and 1, found {drift!r}.")
     c = counts(size)
     products = _products(c)
     names, categories = products.column("name").to_pylist(), products.column("category").to_pylist()
+    weights = [(1 - drift) * a + drift * b for a, b in zip([1, 1, 1, 2, 3], [3, 2, 1, 1, 1])]
     rng = random.Random(seed)
-    rows = {"review_id": [], "product_id": [], "rating": [], "text": []}
+    rows: dict[str, list] = {"review_id": [], "product_id": [], "rating": [], "text": []}
     for r in range(n):
         p = rng.randrange(c.products)
-        rating = rng.choices([1, 2, 3, 4, 5], weights=[1, 1, 1, 2, 3])[0]
+        rating = rng.choices([1, 2, 3, 4, 5], weights=weights)[0]
+        text = _review(rng, rating, names[p], categories[p])
+        if rng.random() < drift:
+            text = f"{text} {rng.choice(_DRIFT_SENTENCES)}"
         rows["review_id"].append(f"R{900_001 + r:06d}")
         rows["product_id"].append(f"P{p + 1:06d}")
         rows["rating"].append(rating)
-        rows["text"].append(_review(rng, rating, names[p], categories[p]))
-    table = pa.table({"review_id": pa.array(rows["review_id"], pa.string()), "product_id": pa.array(rows["product_id"], pa.string()),
-                      "rating": pa.array(rows["rating"], pa.int8()), "text": pa.array(rows["text"], pa.string())})
+        rows["text"].append(text)
+    return pa.table({"review_id": pa.array(rows["review_id"], pa.string()), "product_id": pa.array(rows["product_id"], pa.string()),
+                     "rating": pa.array(rows["rating"], pa.int8()), "text": pa.array(rows["text"], pa.string())})
+
+
+def write_heldout_reviews(folder: str, n: int, seed: int, size: str | None = None) -> pa.Table:
+    """Write `new_reviews(n, seed)` as one Parquet file in `folder` (cleared first), and return them.
+
+    Graders use it for held-out tests: reviews a trained model has never seen.
+    """
+    table = new_reviews(n, seed, size=size)
     fs, base = pafs.FileSystem.from_uri(folder) if "://" in folder else (pafs.LocalFileSystem(), _absolute(folder))
     fs.create_dir(base, recursive=True)
     fs.delete_dir_contents(base, missing_dir_ok=True)

@@ -74,3 +74,14 @@ def test_run_step_keeps_the_value_or_one_readable_reason():
 def test_peak_memory_sees_an_allocation_and_not_a_no_op():
     assert perf.peak_memory_mb(lambda: np.ones(64 * 2**20 // 8).sum()) > 48
     assert perf.peak_memory_mb(lambda: None) < 16
+
+
+def test_new_reviews_drift_moves_ratings_and_lengths():
+    clean, drifted = data.new_reviews(600, seed=1), data.new_reviews(600, seed=1, drift=1.0)
+    assert data.new_reviews(600, seed=1).equals(clean)
+    mean = lambda t: float(np.mean(t.column("rating").to_numpy()))  # noqa: E731
+    words = lambda t: float(np.mean([len(x.split()) for x in t.column("text").to_pylist()]))  # noqa: E731
+    assert mean(clean) > 3.4 > 2.8 > mean(drifted), (mean(clean), mean(drifted))
+    assert words(drifted) > words(clean) + 5
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        data.new_reviews(10, seed=1, drift=2)
