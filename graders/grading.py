@@ -58,21 +58,30 @@ def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> Pip
     import ray
 
     run = PipelineRun(name)
+
+    def execute(start: float) -> None:
+        ds = build(*args, **kwargs)
+        if not isinstance(ds, ray.data.Dataset):
+            raise TypeError(f"expected your function to return a ray.data.Dataset, found {type(ds).__name__}")
+        run.actor_stage = _has_actor_stage(ds)
+        tables = []
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
+            if block.num_rows:  # each output block as it arrives: the timing shows the stream
+                run.arrivals.append((time.perf_counter() - start, block.num_rows))
+                tables.append(block)
+        run.rows = pa.concat_tables(tables) if tables else pa.table({})
+        run.nodes = max(map(int, re.findall(r"(\d+) nodes used", ds.stats())), default=0)
+
+    return _measured(run, execute, monitor)
+
+
+def _measured(run, execute, monitor: bool):
+    """Call `execute(start time)` once: the run gets its time, its report and, instead of a raise, its error."""
     start = time.perf_counter()
     mon = UtilizationMonitor() if monitor else contextlib.nullcontext()
     try:
         with mon:  # the monitor's report covers the run even when the learner's code raises
-            ds = build(*args, **kwargs)
-            if not isinstance(ds, ray.data.Dataset):
-                raise TypeError(f"expected your function to return a ray.data.Dataset, found {type(ds).__name__}")
-            run.actor_stage = _has_actor_stage(ds)
-            tables = []
-            for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
-                if block.num_rows:  # each output block as it arrives: the timing shows the stream
-                    run.arrivals.append((time.perf_counter() - start, block.num_rows))
-                    tables.append(block)
-            run.rows = pa.concat_tables(tables) if tables else pa.table({})
-            run.nodes = max(map(int, re.findall(r"(\d+) nodes used", ds.stats())), default=0)
+            execute(start)
     except Exception as exc:  # the learner's code: report, never crash the grader
         run.error = _learner_error(exc)
     run.report = getattr(mon, "report", None)
@@ -117,17 +126,11 @@ class StepRun:
 def run_step(name: str, fn, *args, monitor: bool = False, **kwargs) -> StepRun:
     """Call `fn(*args, **kwargs)` once, timed (and measured when `monitor`); errors are kept, not raised."""
     run = StepRun(name)
-    start = time.perf_counter()
-    mon = UtilizationMonitor() if monitor else contextlib.nullcontext()
-    try:
-        with mon:
-            run.result = fn(*args, **kwargs)
-    except Exception as exc:  # the learner's code: report, never crash the grader
-        run.error = _learner_error(exc)
-    run.report = getattr(mon, "report", None)
-    run.seconds = time.perf_counter() - start
-    print(run)
-    return run
+
+    def call(_start: float) -> None:
+        run.result = fn(*args, **kwargs)
+
+    return _measured(run, call, monitor)
 
 
 def _has_actor_stage(ds) -> bool | None:
