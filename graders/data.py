@@ -181,6 +181,11 @@ def output_path(name: str, size: str | None = None, root: str | None = None) -> 
     return _join(_join(paths(size, root).root, "outputs"), name)
 
 
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow file system, path inside it) for a local path or a URI such as s3://...?endpoint_override=..."""
+    return pafs.FileSystem.from_uri(_absolute(path))
+
+
 def _join(base: str, name: str) -> str:
     """Join a name onto a local path or a URI; a URI's query (``?endpoint_override=...``) stays last."""
     if "://" not in base:
@@ -533,7 +538,7 @@ def read_parquet_folder(path: str) -> pa.Table:
     """A folder of Parquet files (local or a URI such as s3://...), `key=value/` folders included, as one table."""
     import pyarrow.dataset as pads
 
-    fs, base = pafs.FileSystem.from_uri(path) if "://" in path else (None, path)
+    fs, base = filesystem(path)
     return pads.dataset(base, format="parquet", filesystem=fs, partitioning="hive").to_table()
 
 
@@ -608,7 +613,7 @@ def write_heldout_reviews(folder: str, n: int, seed: int, size: str | None = Non
     Graders use it for held-out tests: reviews a trained model has never seen.
     """
     table = new_reviews(n, seed, size=size)
-    fs, base = pafs.FileSystem.from_uri(folder) if "://" in folder else (pafs.LocalFileSystem(), _absolute(folder))
+    fs, base = filesystem(folder)
     fs.create_dir(base, recursive=True)
     fs.delete_dir_contents(base, missing_dir_ok=True)
     pq.write_table(table, f"{base}/part-000.parquet", filesystem=fs)

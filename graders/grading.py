@@ -48,9 +48,13 @@ class PipelineRun:
     def __str__(self) -> str:
         if self.error:
             return f"{self.name}: FAILED - {self.error}"
-        util = f"; {self.report.device} mean {self.report.mean:.0f} %" if self.report and self.report.mean is not None else ""
+        util = _utilization_text(self.report)
         nodes = f"; on {self.nodes} node{'s' if self.nodes > 1 else ''}" if self.nodes else ""
         return f"{self.name}: {self.rows.num_rows:,} rows in {self.seconds:.1f} s ({self.throughput:.1f} rows/s{util}{nodes})"
+
+
+def _utilization_text(report) -> str:
+    return f"; {report.device} mean {report.mean:.0f} %" if report and report.mean is not None else ""
 
 
 def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> PipelineRun:
@@ -119,8 +123,7 @@ class StepRun:
     def __str__(self) -> str:
         if self.error:
             return f"{self.name}: FAILED - {self.error}"
-        util = f"; {self.report.device} mean {self.report.mean:.0f} %" if self.report and self.report.mean is not None else ""
-        return f"{self.name}: done in {self.seconds:.1f} s{util}"
+        return f"{self.name}: done in {self.seconds:.1f} s{_utilization_text(self.report)}"
 
 
 def run_step(name: str, fn, *args, monitor: bool = False, **kwargs) -> StepRun:

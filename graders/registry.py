@@ -19,20 +19,14 @@ from datetime import datetime, timezone
 
 import pyarrow.fs as pafs
 
+from graders.data import _join, filesystem
+
 META = "model.json"
-
-
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    from pathlib import Path
-
-    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
 def fingerprint(folder: str) -> str:
     """sha256 over every file under `folder` (relative name and bytes): same data, same fingerprint."""
-    fs, base = _fs(folder)
+    fs, base = filesystem(folder)
     digest = hashlib.sha256()
     selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
     files = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
@@ -63,15 +57,9 @@ class ModelVersion:
 
 class Registry:
     def __init__(self, root: str):
-        self.root = root
-        self._fs, self._base = _fs(root)
+        self._fs, self._base = filesystem(root)
+        self.root = root if "://" in root else self._base
         self._fs.create_dir(self._base, recursive=True)
-
-    def _uri(self, name: str) -> str:
-        if "://" not in self.root:
-            return f"{self._base}/{name}"
-        path, sep, query = self.root.partition("?")
-        return f"{path.rstrip('/')}/{name}{sep}{query}"
 
     def versions(self) -> list[ModelVersion]:
         """Every complete version, oldest first."""
@@ -81,7 +69,7 @@ class Registry:
             if info.type == pafs.FileType.Directory and self._fs.get_file_info(meta).type == pafs.FileType.File:
                 with self._fs.open_input_stream(meta) as f:
                     fields = json.loads(f.read())
-                found.append(ModelVersion(**{**fields, "path": self._uri(info.base_name)}))
+                found.append(ModelVersion(**{**fields, "path": _join(self.root, info.base_name)}))
         return sorted(found, key=lambda v: v.version)
 
     def get(self, version: int) -> ModelVersion:
@@ -100,14 +88,14 @@ class Registry:
 
     def register(self, checkpoint, metrics: dict, data_fingerprint: str) -> ModelVersion:
         """Copy a checkpoint's files into the next version's folder, then write its model.json."""
-        src_fs, src = (checkpoint.filesystem, checkpoint.path) if hasattr(checkpoint, "filesystem") else _fs(str(checkpoint))
+        src_fs, src = (checkpoint.filesystem, checkpoint.path) if hasattr(checkpoint, "filesystem") else filesystem(str(checkpoint))
         number = max((v.version for v in self.versions()), default=0) + 1
         name = f"v{number:04d}"
         folder = f"{self._base}/{name}"
         self._fs.create_dir(folder, recursive=True)
         self._fs.delete_dir_contents(folder)  # a copy cut short earlier left files without model.json
         pafs.copy_files(src, folder, source_filesystem=src_fs, destination_filesystem=self._fs)
-        version = ModelVersion(number, self._uri(name), {k: float(v) for k, v in metrics.items()}, data_fingerprint,
+        version = ModelVersion(number, _join(self.root, name), {k: float(v) for k, v in metrics.items()}, data_fingerprint,
                                datetime.now(timezone.utc).isoformat(timespec="seconds"), str(src))
         meta = {k: v for k, v in asdict(version).items() if k != "path"}
         with self._fs.open_output_stream(f"{folder}/{META}") as f:

@@ -157,7 +157,7 @@ def _written(value):
     again = "write with mode='overwrite' (or clear the folder first)."
     back = _read_back(value, "predictions folder", len(_ratings(data.paths().reviews)), "written = out_dir.", again)
     _prediction_rows(_table(back), "predictions read back")
-    fs, folder = pafs.FileSystem.from_uri(value) if "://" in value else (pafs.LocalFileSystem(), value)
+    fs, folder = data.filesystem(value)
     parts = [i.base_name for i in fs.get_file_info(pafs.FileSelector(folder)) if i.type == pafs.FileType.Directory]
     if not parts or not all(p.startswith("category=") for p in parts):
         _fail("folders under the output", "one category=<name> folder per category", sorted(parts)[:4] or "none",
