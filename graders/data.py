@@ -620,6 +620,24 @@ def write_heldout_reviews(folder: str, n: int, seed: int, size: str | None = Non
     return table
 
 
+def ab_outcomes(n: int, rate_a: float, rate_b: float, seed: int, share_b: float = 0.5) -> pa.Table:
+    """`n` simulated requests of an A/B test: request_id, variant ("A" or "B"), converted (bool).
+
+    Each request goes to B with probability `share_b`, and converts with its variant's rate.
+    Graders use it for hidden cases whose right decision is known; lessons get their outcomes
+    from real traffic through two deployed model versions.
+    """
+    for name, value in (("rate_a", rate_a), ("rate_b", rate_b), ("share_b", share_b)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"Expected {name} between 0 and 1, found {value!r}.")
+    rng = np.random.default_rng(seed)
+    b = rng.random(n) < share_b
+    converted = rng.random(n) < np.where(b, rate_b, rate_a)
+    return pa.table({"request_id": pa.array([f"Q{i + 1:07d}" for i in range(n)], pa.string()),
+                     "variant": pa.array(np.where(b, "B", "A").tolist(), pa.string()),
+                     "converted": pa.array(converted, pa.bool_())})
+
+
 def _write_reviews(fs: pafs.FileSystem, folder: str, c: Counts, products: pa.Table) -> None:
     rng = random.Random(SEED + 2)
     names = products.column("name").to_pylist()

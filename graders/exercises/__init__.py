@@ -7,7 +7,10 @@ Every message says what was expected, what was found and what to try. An exercis
 still blank (its variable is None or `...`) gets "nothing yet", and a pipeline that raises while
 the check runs it gets the learner's own error in one line instead of Ray's traceback.
 
-One module per phase or lesson: `foundation` (Phase 1); `vision`, `nlp`, `multimodal` (Phase 2); `production` (Phase 3).
+One module per phase or lesson: `foundation` (Phase 1); `vision`, `nlp`, `multimodal` (Phase 2); `production` (Phase 3);
+`deployment`, `operations`, `troubleshooting` (Phase 4).
 """
 
-from graders.exercises import foundation, multimodal, nlp, production, vision  # noqa: F401  (registers the checks)
+from graders.exercises import (  # noqa: F401  (registers the checks)
+    deployment, foundation, multimodal, nlp, operations, production, troubleshooting, vision,
+)
