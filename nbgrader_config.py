@@ -12,7 +12,7 @@ from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.converters import Autograde
 from nbgrader.preprocessors import ClearHiddenTests, Execute, GetGrades
 
-from graders.nbgrader_ext import MeasuredExecute
+from graders.nbgrader_ext import HiddenTracebacks, MeasuredExecute
 
 c = get_config()  # noqa: F821  (provided by nbgrader when it loads this file)
 
@@ -37,5 +37,6 @@ c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", 900))
 c.Execute.kernel_name = "python3"
 
 # Feedback goes to learners: strip hidden tests from it (nbgrader keeps them by default).
-# A failing hidden test still shows its readable assertion message, not its code.
-c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+# A failing hidden test still shows its readable assertion message, not its code: the error of a
+# cell with hidden tests is cut to one line (its traceback would quote the hidden lines).
+c.GenerateFeedback.preprocessors = [GetGrades, HiddenTracebacks, ClearHiddenTests, CSSHTMLHeaderPreprocessor]

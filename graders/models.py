@@ -166,6 +166,11 @@ def load_rating_classifier(folder: str, device: str = "cpu"):
 
     import torch
 
+    if "://" in folder:  # object storage: read it through a local copy
+        from ray.train import Checkpoint
+
+        with Checkpoint(folder).as_directory() as local:
+            return load_rating_classifier(local, device)
     path = os.path.join(folder, "model.pt")
     if not os.path.exists(path):
         found = sorted(os.listdir(folder)) if os.path.isdir(folder) else "no such folder"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 
 from nbformat.notebooknode import NotebookNode
-from nbgrader.preprocessors import Execute
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Float, List, Unicode
 
 from graders.checks import REPORT_MIME, UTILIZATION_TARGETS
@@ -27,7 +27,7 @@ from graders.telemetry import UtilizationMonitor
 
 class MeasuredExecute(Execute):
     measured_cells = List(["run_pipelines"], help="grade ids of the cells that run learner pipelines").tag(config=True)
-    utilization_cells = List(["accelerator_stage", "accelerator_utilization", "inference_utilization"], help="graded cells that must publish a utilization report").tag(config=True)
+    utilization_cells = List(["accelerator_stage", "accelerator_utilization", "inference_utilization", "scoring_utilization"], help="graded cells that must publish a utilization report").tag(config=True)
     tolerance = Float(25.0, help="largest allowed gap (percentage points) between inside and outside means").tag(config=True)
     phase = Unicode("", help="targets to use; default: the assignment folder's name").tag(config=True)
 
@@ -75,3 +75,18 @@ class MeasuredExecute(Execute):
             return (f"the notebook reported {device.upper()} utilization {said} but the grader measured "
                     f"{outside.mean:.0f} % from outside the notebook (allowed gap {self.tolerance:.0f} points)")
         return None
+
+
+class HiddenTracebacks(NbGraderPreprocessor):
+    """Feedback: a failed cell with hidden tests shows its error in one line, never its code.
+
+    nbgrader's ClearHiddenTests removes hidden tests from a cell's source, but a failing one's
+    traceback still quotes the lines around the failure. Run this before ClearHiddenTests.
+    """
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and "### BEGIN HIDDEN TESTS" in cell.source:
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "error":
+                    out["traceback"] = [f"{out.get('ename', 'Error')}: {out.get('evalue', '')}"]
+        return cell, resources

@@ -49,3 +49,16 @@ def test_a_cell_that_hides_its_report_loses_its_points(execute):
     execute.cross_check(nb, {"cpu": 50.0})
     assert [o.ename for o in cell.outputs] == ["OutsideMeasurement"]
     assert "did not publish its utilization report" in cell.outputs[0].evalue
+
+
+def test_feedback_cuts_the_traceback_of_a_cell_with_hidden_tests_to_one_line():
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from graders.nbgrader_ext import HiddenTracebacks
+
+    error = dict(ename="AssertionError", evalue="a hidden window: expected drift", traceback=["  _seed = 2103  # hidden line"])
+    hidden = new_code_cell("visible()\n### BEGIN HIDDEN TESTS\n_seed = 2103\n### END HIDDEN TESTS", outputs=[new_output("error", **error)])
+    visible = new_code_cell("visible()", outputs=[new_output("error", **error)])
+    nb, _ = HiddenTracebacks()(new_notebook(cells=[hidden, visible]), {})  # as nbgrader calls it
+    assert nb.cells[0].outputs[0].traceback == ["AssertionError: a hidden window: expected drift"]
+    assert nb.cells[1].outputs[0].traceback == error["traceback"]  # visible tests keep their context

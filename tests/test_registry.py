@@ -52,3 +52,20 @@ def test_fingerprint_follows_the_bytes(tmp_path):
     assert fingerprint(str(data)) != before
     with pytest.raises(FileNotFoundError, match="found none"):
         fingerprint(str(tmp_path / "empty"))
+
+
+@pytest.mark.slow
+def test_example_registry_holds_an_early_and_a_good_model_and_is_reused(tmp_path):
+    import graders as gr
+
+    gr.data.prepare()
+    registry = gr.registry.example_registry(str(tmp_path / "registry"))
+    early, good = registry.versions()
+    assert (early.version, good.version) == (1, 2)
+    assert early.metrics["steps"] == 10 and good.metrics["steps"] == 100
+    assert early.metrics["val_accuracy"] < 0.85 <= good.metrics["val_accuracy"], (early.metrics, good.metrics)
+    assert early.data_fingerprint == good.data_fingerprint == fingerprint(gr.data.paths().reviews)
+    model = gr.models.load_rating_classifier(good.path)
+    assert not model.training
+    again = gr.registry.example_registry(str(tmp_path / "registry"))
+    assert [v.created for v in again.versions()] == [early.created, good.created]  # left as it was
