@@ -19,6 +19,20 @@ def root() -> Path:
     return ROOT
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A quiet local Ray set up by the course kit (`gr.start`), stopped after the module."""
+    import ray
+
+    import graders as gr
+
+    gr.start(quiet=True)
+    try:
+        yield ray
+    finally:
+        gr.shutdown()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,6 +95,44 @@ def autograded(root: Path, phase: str, notebook: str, student: str):
     import nbformat
 
     return nbformat.read(root / "autograded" / student / phase / f"{notebook}.ipynb", 4)
+
+
+def graded_class(root: Path, phase: str, notebook: str, **wrong) -> Path:
+    """A scratch course at `root` where nbgrader autogrades a class and writes its feedback.
+
+    Students: "reference" (the release solved as in solutions/), "blank" (the release as handed
+    out) and one per keyword: `name=fn`, where fn(nb) makes a mistake in a solved notebook.
+    """
+    import nbformat
+
+    from graders.cli import nbgrader, scratch_course
+
+    release = scratch_course(root, ROOT / "solutions" / phase)
+    source = nbformat.read(ROOT / "solutions" / phase / f"{notebook}.ipynb", 4)
+    fresh = lambda: nbformat.read(release / f"{notebook}.ipynb", 4)  # noqa: E731
+    submit(root, phase, "reference", notebook, solved(fresh(), source))
+    submit(root, phase, "blank", notebook, fresh())
+    for student, mistake in wrong.items():
+        submit(root, phase, student, notebook, mistake(solved(fresh(), source)))
+    nbgrader(root, "autograde", phase, "--create")
+    nbgrader(root, "generate_feedback", phase)
+    return root
+
+
+def expect_full_marks_without_stderr(root: Path, phase: str, notebook: str) -> None:
+    cells = cell_scores(root, phase, notebook, "reference")
+    assert cells and all(score == most for score, most in cells.values()), cells
+    no_stderr_in_graded_cells(autograded(root, phase, notebook, "reference"))
+
+
+def expect_zero_everywhere(root: Path, phase: str, notebook: str, student: str = "blank") -> None:
+    cells = cell_scores(root, phase, notebook, student)
+    assert cells and all(score == 0 for score, _ in cells.values()), cells
+
+
+def solution_cell(nb, grade_id: str):
+    """The cell with this grade id (to plant a mistake in it)."""
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
 
 
 def no_stderr_in_graded_cells(nb) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import csv
 from html import unescape
 
-import nbformat
 import pytest
-from conftest import ROOT, cell_scores, graded_outputs, no_stderr_in_graded_cells, solved
 from conftest import autograded as _autograded
-from conftest import submit as _submit
+from conftest import cell_scores, expect_full_marks_without_stderr, expect_zero_everywhere, graded_class
+from conftest import graded_outputs, solution_cell
 
-from graders.cli import nbgrader, scratch_course
+from graders.cli import nbgrader
 
 pytestmark = pytest.mark.slow
 PHASE = "01_foundation"
@@ -34,36 +33,27 @@ _telemetry.UtilizationReport.from_samples = classmethod(_fake)
 """
 
 
+def _wrong_schema(nb):
+    """A plausible mistake: the word count column is named "words"."""
+    cell = solution_cell(nb, "text_pipeline")
+    assert '"word_count":' in cell.source
+    cell.source = cell.source.replace('"word_count":', '"words":')
+    return nb
+
+
+def _faked_telemetry(nb):
+    """An idle (sleeping) pipeline whose in-kernel reports are patched to say 99 %."""
+    cell = solution_cell(nb, "image_pipeline")
+    assert "    def preprocess(batch):\n" in cell.source
+    cell.source = FAKE_TELEMETRY + cell.source.replace("    def preprocess(batch):\n", "    def preprocess(batch):\n        _time.sleep(3)\n")
+    return nb
+
+
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
-    root = tmp_path_factory.mktemp("class")
-    release = scratch_course(root, ROOT / "solutions" / PHASE)
-
-    def submit(student, name, nb):
-        _submit(root, PHASE, student, name, nb)
-
-    # reference: the validation solved as in solutions/ (the lessons run under nbval in `make test`)
-    submit("reference", VALIDATION, solved(nbformat.read(release / f"{VALIDATION}.ipynb", 4),
-                                           nbformat.read(root / "solutions" / PHASE / f"{VALIDATION}.ipynb", 4)))
-    # blank: the release as handed out
-    submit("blank", VALIDATION, nbformat.read(release / f"{VALIDATION}.ipynb", 4))
-    # wrong: a plausible mistake - the word count column is named "words"
-    wrong = solved(nbformat.read(release / f"{VALIDATION}.ipynb", 4), nbformat.read(root / "solutions" / PHASE / f"{VALIDATION}.ipynb", 4))
-    for cell in wrong.cells:
-        if cell.metadata.get("nbgrader", {}).get("grade_id") == "text_pipeline":
-            assert '"word_count":' in cell.source
-            cell.source = cell.source.replace('"word_count":', '"words":')
-    submit("wrong_schema", VALIDATION, wrong)
-    # faked telemetry: an idle (sleeping) pipeline whose in-kernel reports are patched to say 99 %
-    faked = solved(nbformat.read(release / f"{VALIDATION}.ipynb", 4), nbformat.read(root / "solutions" / PHASE / f"{VALIDATION}.ipynb", 4))
-    for cell in faked.cells:
-        if cell.metadata.get("nbgrader", {}).get("grade_id") == "image_pipeline":
-            assert "    def preprocess(batch):\n" in cell.source
-            cell.source = FAKE_TELEMETRY + cell.source.replace("    def preprocess(batch):\n", "    def preprocess(batch):\n        _time.sleep(3)\n")
-    submit("faked_telemetry", VALIDATION, faked)
-
-    nbgrader(root, "autograde", PHASE, "--create")
-    nbgrader(root, "generate_feedback", PHASE)
+    # the validation only: the Phase 1 lessons run under nbval in `make test`
+    root = graded_class(tmp_path_factory.mktemp("class"), PHASE, VALIDATION,
+                        wrong_schema=_wrong_schema, faked_telemetry=_faked_telemetry)
     nbgrader(root, "export", f"--to={root / 'grades.csv'}")
     return root
 
@@ -77,14 +67,11 @@ def autograded(root, student):
 
 
 def test_reference_scores_full_marks_without_stderr(course):
-    cells = grades(course, "reference")
-    assert cells and all(score == most for score, most in cells.values()), cells
-    no_stderr_in_graded_cells(autograded(course, "reference"))
+    expect_full_marks_without_stderr(course, PHASE, VALIDATION)
 
 
 def test_blank_scores_zero_on_every_graded_cell(course):
-    cells = grades(course, "blank")
-    assert cells and all(score == 0 for score, _ in cells.values()), cells
+    expect_zero_everywhere(course, PHASE, VALIDATION)
 
 
 def test_wrong_schema_gets_partial_credit_with_a_readable_reason(course):

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from html import unescape
 
-import nbformat
 import pytest
 
-from conftest import ROOT, cell_scores, graded_outputs, no_stderr_in_graded_cells, solved
-from conftest import autograded as _autograded, submit
-from graders.cli import nbgrader, scratch_course
+from conftest import autograded, cell_scores, expect_full_marks_without_stderr, expect_zero_everywhere, graded_class
+from conftest import graded_outputs, solution_cell
 
 pytestmark = pytest.mark.slow
 PHASE = "02_advanced_processing"
@@ -39,43 +37,28 @@ def build_embedding_pipeline(reviews_path, res):
 '''
 
 
+def _naive(nb):
+    solution_cell(nb, "embedding_pipeline").source = NAIVE.strip()
+    return nb
+
+
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
-    root = tmp_path_factory.mktemp("class2")
-    release = scratch_course(root, ROOT / "solutions" / PHASE)
-    source = nbformat.read(ROOT / "solutions" / PHASE / f"{VALIDATION}.ipynb", 4)
-    blank = nbformat.read(release / f"{VALIDATION}.ipynb", 4)
-    submit(root, PHASE, "reference", VALIDATION, solved(nbformat.read(release / f"{VALIDATION}.ipynb", 4), source))
-    submit(root, PHASE, "blank", VALIDATION, blank)
-    naive = nbformat.read(release / f"{VALIDATION}.ipynb", 4)
-    cell = next(c for c in naive.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "embedding_pipeline")
-    cell.source = NAIVE.strip()
-    submit(root, PHASE, "naive", VALIDATION, naive)
-    nbgrader(root, "autograde", PHASE, "--create")
-    nbgrader(root, "generate_feedback", PHASE)
-    return root
+    return graded_class(tmp_path_factory.mktemp("class2"), PHASE, VALIDATION, naive=_naive)
 
 
 def scores(root, student):
     return cell_scores(root, PHASE, VALIDATION, student)
 
 
-def autograded(root, student):
-    return _autograded(root, PHASE, VALIDATION, student)
-
-
 def test_reference_scores_full_marks_without_stderr(course):
-    cells = scores(course, "reference")
-    assert cells and all(score == most for score, most in cells.values()), cells
-    nb = autograded(course, "reference")
-    no_stderr_in_graded_cells(nb)
-    printed = "".join(o.get("text", "") for o in graded_outputs(nb, "efficiency"))
+    expect_full_marks_without_stderr(course, PHASE, VALIDATION)
+    printed = "".join(o.get("text", "") for o in graded_outputs(autograded(course, PHASE, VALIDATION, "reference"), "efficiency"))
     assert "efficiency" in printed and "ceiling" in printed, printed
 
 
 def test_blank_scores_zero_on_every_graded_cell(course):
-    cells = scores(course, "blank")
-    assert cells and all(score == 0 for score, _ in cells.values()), cells
+    expect_zero_everywhere(course, PHASE, VALIDATION)
 
 
 def test_naive_pipeline_is_correct_but_not_optimized(course):

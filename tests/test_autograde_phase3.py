@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from html import unescape
 
-import nbformat
 import pytest
 
-from conftest import ROOT, cell_scores, no_stderr_in_graded_cells, solved
-from conftest import autograded as _autograded, submit
-from graders.cli import nbgrader, scratch_course
+from conftest import cell_scores, expect_full_marks_without_stderr, expect_zero_everywhere, graded_class, solution_cell
 
 pytestmark = pytest.mark.slow
 PHASE = "03_production_systems"
@@ -26,7 +23,7 @@ ACCURACY_CELLS = {"validation_accuracy", "heldout_accuracy"}
 
 def _frozen(nb):
     """The training loop without optimizer.step(): the weights stay as initialized."""
-    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "training_loop")
+    cell = solution_cell(nb, "training_loop")
     assert "optimizer.step()" in cell.source
     cell.source = cell.source.replace("optimizer.step()", "pass  # the step is missing")
     return nb
@@ -34,16 +31,7 @@ def _frozen(nb):
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
-    root = tmp_path_factory.mktemp("class3")
-    release = scratch_course(root, ROOT / "solutions" / PHASE)
-    source = nbformat.read(ROOT / "solutions" / PHASE / f"{VALIDATION}.ipynb", 4)
-    fresh = lambda: nbformat.read(release / f"{VALIDATION}.ipynb", 4)  # noqa: E731
-    submit(root, PHASE, "reference", VALIDATION, solved(fresh(), source))
-    submit(root, PHASE, "blank", VALIDATION, fresh())
-    submit(root, PHASE, "frozen", VALIDATION, _frozen(solved(fresh(), source)))
-    nbgrader(root, "autograde", PHASE, "--create")
-    nbgrader(root, "generate_feedback", PHASE)
-    return root
+    return graded_class(tmp_path_factory.mktemp("class3"), PHASE, VALIDATION, frozen=_frozen)
 
 
 def scores(root, student):
@@ -51,14 +39,11 @@ def scores(root, student):
 
 
 def test_reference_scores_full_marks_without_stderr(course):
-    cells = scores(course, "reference")
-    assert cells and all(score == most for score, most in cells.values()), cells
-    no_stderr_in_graded_cells(_autograded(course, PHASE, VALIDATION, "reference"))
+    expect_full_marks_without_stderr(course, PHASE, VALIDATION)
 
 
 def test_blank_scores_zero_on_every_graded_cell(course):
-    cells = scores(course, "blank")
-    assert cells and all(score == 0 for score, _ in cells.values()), cells
+    expect_zero_everywhere(course, PHASE, VALIDATION)
 
 
 def test_training_that_never_updates_fails_only_the_accuracy_cells(course):

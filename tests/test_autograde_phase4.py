@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from html import unescape
 
-import nbformat
 import pytest
 
-from conftest import ROOT, cell_scores, no_stderr_in_graded_cells, solved
-from conftest import autograded as _autograded, submit
-from graders.cli import nbgrader, scratch_course
+from conftest import cell_scores, expect_full_marks_without_stderr, expect_zero_everywhere, graded_class, solution_cell
 
 pytestmark = pytest.mark.slow
 PHASE = "04_production_deployment"
@@ -27,7 +24,7 @@ THRESHOLD_RULE = '"drifted": [bool(v > gr.checks.PSI_THRESHOLD) for v in values]
 
 def _alarmist(nb):
     """A drift report that says "drifted" for every feature, whatever its PSI."""
-    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "drift_detection_code")
+    cell = solution_cell(nb, "drift_detection_code")
     assert THRESHOLD_RULE in cell.source
     cell.source = cell.source.replace(THRESHOLD_RULE, '"drifted": [True for v in values]')
     return nb
@@ -35,16 +32,7 @@ def _alarmist(nb):
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
-    root = tmp_path_factory.mktemp("class4")
-    release = scratch_course(root, ROOT / "solutions" / PHASE)
-    source = nbformat.read(ROOT / "solutions" / PHASE / f"{VALIDATION}.ipynb", 4)
-    fresh = lambda: nbformat.read(release / f"{VALIDATION}.ipynb", 4)  # noqa: E731
-    submit(root, PHASE, "reference", VALIDATION, solved(fresh(), source))
-    submit(root, PHASE, "blank", VALIDATION, fresh())
-    submit(root, PHASE, "alarmist", VALIDATION, _alarmist(solved(fresh(), source)))
-    nbgrader(root, "autograde", PHASE, "--create")
-    nbgrader(root, "generate_feedback", PHASE)
-    return root
+    return graded_class(tmp_path_factory.mktemp("class4"), PHASE, VALIDATION, alarmist=_alarmist)
 
 
 def scores(root, student):
@@ -52,14 +40,11 @@ def scores(root, student):
 
 
 def test_reference_scores_full_marks_without_stderr(course):
-    cells = scores(course, "reference")
-    assert cells and all(score == most for score, most in cells.values()), cells
-    no_stderr_in_graded_cells(_autograded(course, PHASE, VALIDATION, "reference"))
+    expect_full_marks_without_stderr(course, PHASE, VALIDATION)
 
 
 def test_blank_scores_zero_on_every_graded_cell(course):
-    cells = scores(course, "blank")
-    assert cells and all(score == 0 for score, _ in cells.values()), cells
+    expect_zero_everywhere(course, PHASE, VALIDATION)
 
 
 def test_flagging_drift_everywhere_fails_only_the_drift_cells(course):

@@ -266,21 +266,6 @@ def test_ab_check_names_the_mistake(no_ray, ab_test, message):
 
 # --- the lesson's solutions on a real Ray --------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    strategy, ctx.shuffle_strategy = ctx.shuffle_strategy, ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    try:
-        yield ray
-    finally:
-        ctx.shuffle_strategy = strategy
-        ray.shutdown()
-
-
 @pytest.mark.slow
 def test_lesson_solutions_pass_on_ray_data(local_ray, monkeypatch, tmp_path, capsys):
     """monitor and ab_test as the lesson writes them (groupby + aggregate on a real Ray)."""

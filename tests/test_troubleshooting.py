@@ -163,20 +163,6 @@ def test_balanced_blank_needs_no_ray():
 # --- on a real Ray -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    try:
-        yield ray
-    finally:
-        ctx.per_stage_map_timing = ctx.verbose_stats_logs = False
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def skewed(local_ray):
     reviews = data.read_reviews(data.prepare().reviews).slice(0, troubleshooting.SKEW_ROWS)
     rows = [1_680] + [16] * 15
