@@ -193,7 +193,8 @@ def embed_reviews(reviews, device: str = "cpu") -> tuple:
     kept = [texts[i] for i in keep]
     x = np.concatenate([embed_texts(tokenizer, encoder, kept[i:i + 128]) for i in range(0, len(kept), 128)])
     labels = np.asarray(reviews.column("rating").to_pylist())[keep].astype(np.int64) - 1
-    ids = [reviews.column("review_id")[i].as_py() for i in keep]
+    all_ids = reviews.column("review_id").to_pylist()
+    ids = [all_ids[i] for i in keep]
     return torch.as_tensor(x), torch.as_tensor(labels), ids
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import graders as gr
 from graders import data, grading, perf
 from graders.checks import CheckFailed, check, expect_accuracy
 
@@ -85,3 +86,18 @@ def test_new_reviews_drift_moves_ratings_and_lengths():
     assert words(drifted) > words(clean) + 5
     with pytest.raises(ValueError, match="between 0 and 1"):
         data.new_reviews(10, seed=1, drift=2)
+
+
+def test_load_classifier_reads_model_pt_and_says_when_it_is_missing(tmp_path):
+    import torch
+    from ray.train import Checkpoint
+
+    from graders.exercises.production import load_classifier
+
+    (tmp_path / "good").mkdir()
+    torch.save(gr.models.rating_classifier(seed=3).state_dict(), tmp_path / "good" / "model.pt")
+    model = load_classifier(Checkpoint.from_directory(str(tmp_path / "good")))
+    assert not model.training and torch.equal(model[0].weight, gr.models.rating_classifier(seed=3)[0].weight)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(gr.CheckFailed, match=r"checkpoint contents: expected model.pt .*found \[\]"):
+        load_classifier(Checkpoint.from_directory(str(tmp_path / "empty")))

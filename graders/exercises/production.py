@@ -32,19 +32,14 @@ def load_classifier(checkpoint):
     """The rating classifier saved in a checkpoint as `model.pt` (a state_dict), in eval mode."""
     import os
 
-    import torch
-
     if checkpoint is None or not hasattr(checkpoint, "as_directory"):
         _fail("checkpoint", "a ray.train.Checkpoint", type(checkpoint).__name__,
               "use result.checkpoint (or result.get_best_checkpoint(...)) from trainer.fit().")
-    model = models.rating_classifier()
     with checkpoint.as_directory() as folder:
-        path = os.path.join(folder, "model.pt")
-        if not os.path.exists(path):
+        if not os.path.exists(os.path.join(folder, "model.pt")):
             _fail("checkpoint contents", "model.pt (the classifier's state_dict)", sorted(os.listdir(folder)),
                   "save it on rank 0: torch.save(model.module.state_dict(), os.path.join(folder, 'model.pt')).")
-        model.load_state_dict(torch.load(path, map_location="cpu"))
-    return model.eval()
+        return models.load_rating_classifier(folder)
 
 
 # --- 3.1 model training -----------------------------------------------------------------------
