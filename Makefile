@@ -10,6 +10,7 @@ TORCH ?= torch==2.13.0
 LAB_PORT ?= 8888
 ASSIGNMENT ?= 01_foundation
 PYTEST_ARGS ?=
+WORKERS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -17,7 +18,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export RAY_AUTH_MODE ?= disabled
 PHASES := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 
-.PHONY: help setup data workspace lab check test test-fast bench release release-check collect autograde feedback grades clean
+.PHONY: help setup data workspace lab check test test-fast bench bench-grading release release-check collect autograde feedback grades clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -53,8 +54,12 @@ test: setup data ## the whole test suite: kit, lessons (nbval), release sync, re
 test-fast: setup ## quick edit loop: unit tests only (no Ray, no notebooks)
 	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: setup ## Phase 2 benchmark: model ceiling vs naive vs reference pipeline (BENCH_REVIEWS=n)
+bench: setup data ## benchmarks: Phase 2 (model ceiling vs naive vs reference) and class grading (sequential vs parallel)
 	$(BIN)/python tests/bench/phase2.py
+	$(BIN)/python tests/bench/class_grading.py
+
+bench-grading: setup data ## class grading only: sequential vs parallel on BENCH_STUDENTS reference submissions
+	$(BIN)/python tests/bench/class_grading.py
 
 release: setup ## regenerate course/ from solutions/ (nbgrader generate_assignment)
 	for a in $(PHASES); do $(BIN)/nbgrader generate_assignment $$a --force --log-level=WARN || exit 1; done
@@ -65,8 +70,8 @@ release-check: setup ## fail if course/ differs from a fresh generation
 collect: setup ## collect submissions (zip files in downloaded/ASSIGNMENT/archive) into submitted/
 	$(BIN)/nbgrader zip_collect $(ASSIGNMENT) --force
 
-autograde: setup data ## autograde every submission of ASSIGNMENT under submitted/
-	$(BIN)/nbgrader autograde $(ASSIGNMENT)
+autograde: setup data ## grade a class: every submission of ASSIGNMENT (or all), parallel (WORKERS=n), feedback, CSV
+	$(BIN)/course grade $(ASSIGNMENT) $(if $(WORKERS),--workers=$(WORKERS))
 
 feedback: setup ## HTML feedback for ASSIGNMENT (hidden tests are not shown)
 	$(BIN)/nbgrader generate_feedback $(ASSIGNMENT)
@@ -75,4 +80,4 @@ grades: setup ## export all grades to grades.csv
 	$(BIN)/nbgrader export --to grades.csv
 
 clean: ## remove generated data, nbgrader state and caches (keeps your workspace)
-	rm -rf data submitted autograded feedback gradebook.db grades.csv .pytest_cache .artifacts
+	rm -rf data submitted autograded feedback gradebook.db grades.csv grades-*.csv .grading .pytest_cache .artifacts

@@ -10,9 +10,9 @@ import os
 
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.converters import Autograde
-from nbgrader.preprocessors import ClearHiddenTests, Execute, GetGrades
+from nbgrader.preprocessors import ClearHiddenTests, DeduplicateIds, Execute, GetGrades
 
-from graders.nbgrader_ext import HiddenTracebacks, MeasuredExecute
+from graders.nbgrader_ext import CheckSubmission, HiddenTracebacks, MeasuredExecute
 
 c = get_config()  # noqa: F821  (provided by nbgrader when it loads this file)
 
@@ -32,8 +32,18 @@ c.Autograde.autograde_preprocessors = [
     MeasuredExecute if step is Execute else step for step in Autograde.class_traits()["autograde_preprocessors"].default()
 ]
 
+# Before nbgrader restores edited and drops duplicated cells, note them (and put deleted ones
+# back) so the learner's feedback says what happened to each.
+c.Autograde.sanitize_preprocessors = [
+    step for default in Autograde.class_traits()["sanitize_preprocessors"].default()
+    for step in ([CheckSubmission, default] if default is DeduplicateIds else [default])
+]
+
 # Ray pipelines take longer than nbgrader's 30 s default per cell (model start-up on 2 CPUs).
+# A cell past its limit is interrupted and the next ones run; past the notebook's limit, the rest
+# are not run (each says why).
 c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", 900))
+c.MeasuredExecute.notebook_timeout = int(os.environ.get("COURSE_NOTEBOOK_TIMEOUT", "1800"))
 c.Execute.kernel_name = "python3"
 
 # Feedback goes to learners: strip hidden tests from it (nbgrader keeps them by default).

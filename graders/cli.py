@@ -3,6 +3,7 @@
     course data [--size small|full]
     course workspace
     course check PHASE          # e.g. course check 1
+    course grade ASSIGNMENT     # instructors: grade every submission (e.g. 1, 01_foundation or all)
 """
 
 from __future__ import annotations
@@ -108,6 +109,21 @@ def cmd_check(args) -> int:
     return 0 if total == most else 1
 
 
+def cmd_grade(args) -> int:
+    from graders.classroom import check_student_id, grade_class
+
+    root = Path(args.root).resolve()
+    for student in args.student or []:
+        if problem := check_student_id(student):
+            sys.exit(problem)
+    names = [p.name for p in sorted((root / "solutions").iterdir()) if p.is_dir() and p.name[:2].isdigit()]
+    wanted = names if args.assignment == "all" else [_phase_dir(root / "solutions", args.assignment).name]
+    for assignment in wanted:
+        grade_class(root, assignment, workers=args.workers, cell_timeout=args.cell_timeout,
+                    notebook_timeout=args.notebook_timeout, students=args.student, fresh=args.fresh)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="course", description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", default=os.environ.get("COURSE_WORKSPACE", str(ROOT / "workspace")))
@@ -119,6 +135,16 @@ def main(argv=None) -> int:
     p = sub.add_parser("check", help="grade your validation notebook for a phase")
     p.add_argument("phase", help="phase number or folder name, e.g. 1 or 01_foundation")
     p.set_defaults(fn=cmd_check)
+    p = sub.add_parser("grade", help="instructors: autograde every submission of an assignment, in parallel")
+    p.add_argument("assignment", help="phase number, folder name, or 'all'")
+    p.add_argument("--root", default=os.environ.get("COURSE_ROOT", str(ROOT)), help="the nbgrader course folder")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or 0) or None,
+                   help="parallel runs (default: one per GPU, else sized from the cores and memory)")
+    p.add_argument("--cell-timeout", type=int, default=int(os.environ.get("COURSE_CELL_TIMEOUT", 900)))
+    p.add_argument("--notebook-timeout", type=int, default=int(os.environ.get("COURSE_NOTEBOOK_TIMEOUT", 1800)))
+    p.add_argument("--student", action="append", help="grade only this student (again); repeatable")
+    p.add_argument("--fresh", action="store_true", help="regrade everyone, even students a killed run finished")
+    p.set_defaults(fn=cmd_grade)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -177,8 +177,12 @@ def paths(size: str | None = None, root: str | None = None) -> DataPaths:
 
 
 def output_path(name: str, size: str | None = None, root: str | None = None) -> str:
-    """Where a lesson writes its results: ``<root>/<size>/outputs/<name>`` (a path or a URI)."""
-    return _join(_join(paths(size, root).root, "outputs"), name)
+    """Where a lesson writes its results: ``<root>/<size>/outputs/<name>`` (a path or a URI).
+
+    ``$COURSE_OUTPUTS`` replaces ``<root>/<size>/outputs``: the class grader gives each parallel
+    run its own, so two graded notebooks never write the same files."""
+    base = os.environ.get("COURSE_OUTPUTS") if root is None else None
+    return _join(base or _join(paths(size, root).root, "outputs"), name)
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:

@@ -68,6 +68,7 @@ def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> Pip
         if not isinstance(ds, ray.data.Dataset):
             raise TypeError(f"expected your function to return a ray.data.Dataset, found {type(ds).__name__}")
         run.actor_stage = _has_actor_stage(ds)
+        _check_gpus(ds)
         tables = []
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
             if block.num_rows:  # each output block as it arrives: the timing shows the stream
@@ -103,7 +104,23 @@ def _learner_error(exc: Exception) -> str:
     text = str(exc).strip()
     if "Training failed due to worker errors" in text:  # Ray Train: the worker's own error is the last line
         text = next((line.strip() for line in reversed(text.splitlines()) if re.match(r"^\w*(Error|Exception)\b", line.strip())), text)
+    elif isinstance(exc, ray_error()):  # a Ray task failed: its first line names Ray's worker; say what your code raised
+        causes = [line.strip() for line in text.splitlines() if re.match(r"^[\w.]*(Error|Exception)\b", line.strip())]
+        own = [c for c in causes if not c.startswith("ray.")]
+        if own:
+            udf = re.search(r'File "(?:<ipython-input|/tmp/ipykernel_)[^"]*", line (\d+), in (\w+)', text)
+            where = f"in {udf[2]}, line {udf[1]} of your cell" if udf else where
+            cause = re.sub(r"^[\w.]*[.]", "", own[0])  # numpy._core._exceptions._ArrayMemoryError -> _ArrayMemoryError
+            return f"{cause} {where}".strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''} {where}".strip()
+
+
+def ray_error() -> type:
+    try:
+        from ray.exceptions import RayError
+    except ImportError:
+        return ()
+    return RayError
 
 
 @dataclass
@@ -149,6 +166,33 @@ def _has_actor_stage(ds) -> bool | None:
         return found
     except AttributeError:
         return None
+
+
+def _gpu_requests(ds) -> list[tuple[str, float]]:
+    """(stage name, GPUs per task or actor) for each stage of the Dataset's plan that asks for GPUs."""
+    try:
+        ops, found = [ds._logical_plan.dag], []  # Ray's plan is internal: fail soft
+        while ops:
+            op = ops.pop()
+            args = getattr(op, "ray_remote_args", None) or getattr(op, "_ray_remote_args", None) or {}
+            if float(args.get("num_gpus") or 0) > 0:
+                found.append((getattr(op, "name", type(op).__name__), float(args["num_gpus"])))
+            ops.extend(op.input_dependencies)
+        return found
+    except (AttributeError, TypeError, ValueError):
+        return []
+
+
+def _check_gpus(ds) -> None:
+    """Fail fast, with a reason, when a stage asks for more GPUs than the cluster has (it would wait forever)."""
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0)
+    for name, asked in _gpu_requests(ds):
+        if asked > have:
+            raise RuntimeError(f"stage {name} asks for num_gpus={asked:g} per task/actor but this Ray cluster has "
+                               f"{have:g} GPUs, so it would wait forever. Try: use gr.resources() (res.gpus_per_actor "
+                               "is 0 without a GPU) instead of a fixed num_gpus")
 
 
 def graded_cells(nb) -> list[dict]:

@@ -84,9 +84,54 @@ def plan_resources(cpus: int, gpus: int) -> Resources:
     return Resources(cpus, 0, "cpu", actors, 1.0, 0.0, max(1, cpus // actors), 16, workers, cpus / 2 / workers)
 
 
+GRADING_MEMORY_GB = 4  # one graded run: a kernel, a local Ray and a small model
+
+
+def grading_slots(workers: int | None = None) -> list[dict]:
+    """Parallel class-grading runs for this machine, each with its own cores or its own GPU.
+
+    Default: one run per GPU (a GPU is never shared by two graded runs), else one per core on a
+    small machine and one per two cores from 4 cores up, no more than memory holds. Each slot is
+    {"cores": [...] or None (whole machine), "env": {...}, "label": "..."}.
+    """
+    import psutil
+
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no pinning
+        cores = list(range(os.cpu_count() or 1))
+    gpus = _local_gpu_count()
+    if gpus:
+        n = min(workers or gpus, gpus)
+    else:
+        per_run = 1 if len(cores) < 4 else 2
+        by_memory = int(psutil.virtual_memory().total / 2**30 // GRADING_MEMORY_GB)
+        n = workers or max(1, min(len(cores) // per_run, by_memory))
+    n = max(1, min(n, len(cores)))
+    if n == 1:
+        return [{"cores": None, "env": {}, "label": "the whole machine"}]
+    share, slots = len(cores) // n, []
+    for i in range(n):
+        mine = cores[i * share:(i + 1) * share]
+        env = {"COURSE_CPUS": str(max(2, len(mine)))}  # Ray's CPUs are logical: 2 on one core is fine
+        if gpus:
+            env.update(CUDA_VISIBLE_DEVICES=str(i), CUDA_DEVICE_ORDER="PCI_BUS_ID")
+        label = (f"core {mine[0]}" if len(mine) == 1 else f"cores {mine[0]}-{mine[-1]}") + (f", GPU {i}" if gpus else "")
+        slots.append({"cores": mine, "env": env, "label": label})
+    return slots
+
+
 def is_grading() -> bool:
     """True under nbgrader (autograde/validate) or when COURSE_QUIET=1."""
     return bool(os.environ.get("NBGRADER_EXECUTION")) or os.environ.get("COURSE_QUIET") == "1"
+
+
+def _usable_cpus() -> int:
+    """Cores this process may use (a class grader pins each parallel run to its own)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _local_gpu_count() -> int:
@@ -143,7 +188,7 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
                 # job from using the workers Ray starts in advance (about 6 s more per notebook).
                 ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, **options)
             else:
-                cpus = int(os.environ.get("COURSE_CPUS", max(2, os.cpu_count() or 1)))
+                cpus = int(os.environ.get("COURSE_CPUS", max(2, _usable_cpus())))
                 ray.init(num_cpus=cpus, num_gpus=_local_gpu_count(), include_dashboard=False, **options)
     res = resources()
     _configure_output(quiet, progress, res.cpus)
@@ -154,11 +199,38 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
 
 
 def shutdown() -> None:
-    """Stop Ray (or disconnect from the cluster). Safe to call twice."""
+    """Stop Ray (or disconnect from the cluster). Safe to call twice.
+
+    Names the actors you started and left alive first: a local Ray stops them now, but on a
+    shared cluster a detached actor keeps its CPUs and memory until someone kills it."""
     import ray
 
     if ray.is_initialized():
+        left = actors_left()
+        if left:
+            print(f"gr.shutdown: {len(left)} actor(s) you started were still alive: {', '.join(left)}. "
+                  "A local Ray stops them now; on a cluster they would hold their resources. "
+                  "Try: ray.kill(actor) when you are done with one.")
         ray.shutdown()
+
+
+_RAY_ACTORS = ("MapWorker", "SplitCoordinator", "AutoscalingRequester", "ServeController", "ProxyActor",
+               "ServeReplica", "RayTrainWorker", "TrainController")
+
+
+def actors_left() -> list[str]:
+    """Live actors of this job that Ray's own libraries did not start ("Class 'name'")."""
+    import ray
+    from ray._private import state  # no public API without the dashboard: fail soft
+
+    try:
+        job = ray.get_runtime_context().get_job_id()
+        return [f"{a['ActorClassName']}" + (f" '{a['Name']}'" if a.get("Name") else "")
+                for a in state.actors().values()
+                if a.get("State") == "ALIVE" and a.get("JobID") == job
+                and not a["ActorClassName"].startswith(("_", *_RAY_ACTORS))]
+    except Exception:
+        return []
 
 
 SERVE_PROCESSES = ("ray::ServeController", "ray::ServeReplica", "ray::ProxyActor")

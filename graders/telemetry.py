@@ -66,10 +66,40 @@ def _probe_nvml():
     except Exception as exc:
         pynvml.nvmlShutdown()
         return None, [], names, f"NVML cannot read GPU utilization: {exc or type(exc).__name__}"
+    handles, names = _visible_gpus(pynvml, handles, names)
     if not handles:
         pynvml.nvmlShutdown()
         return None, [], [], "NVML found no GPUs"
     return pynvml, handles, names, None
+
+
+def _visible_gpus(nvml, handles, names):
+    """Only the GPUs this process may use: CUDA_VISIBLE_DEVICES as indices or UUIDs.
+
+    The class grader gives each parallel run its own GPU this way (with
+    CUDA_DEVICE_ORDER=PCI_BUS_ID, so CUDA's indices are NVML's).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return handles, names
+    wanted = [v.strip() for v in visible.split(",") if v.strip()]
+    keep = []
+    for i, h in enumerate(handles):
+        uuid = nvml.nvmlDeviceGetUUID(h)
+        uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+        if str(i) in wanted or any(uuid.startswith(w) for w in wanted if w.startswith("GPU-")):
+            keep.append(i)
+    return [handles[i] for i in keep], [names[i] for i in keep]
+
+
+def _own_cpus() -> list[int] | None:
+    """The cores this process may run on, when that is not all of them (a class grader pins
+    each parallel run to its own cores); None means the whole machine."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return None
+    return None if len(cores) >= (psutil.cpu_count() or 0) else cores
 
 
 def nvml_devices() -> tuple[list[str], str | None]:
@@ -87,7 +117,13 @@ def _system_sampler():
     Returns ``(device_info, sample, close)``.
     """
     nvml, handles, names, error = _probe_nvml()
-    psutil.cpu_percent(interval=None)  # the first call only sets the baseline
+    cores = _own_cpus()
+    psutil.cpu_percent(interval=None, percpu=True)  # the first call only sets the baseline
+
+    def cpu() -> float:
+        per_core = psutil.cpu_percent(interval=None, percpu=True)
+        own = [per_core[i] for i in cores] if cores else per_core
+        return sum(own) / len(own)
 
     def sample():
         gpu, mem = [], []
@@ -95,9 +131,9 @@ def _system_sampler():
             gpu.append(float(nvml.nvmlDeviceGetUtilizationRates(h).gpu))
             m = nvml.nvmlDeviceGetMemoryInfo(h)
             mem.append(m.used / m.total)
-        return {"cpu": psutil.cpu_percent(interval=None), "gpu": gpu, "gpu_mem": mem}
+        return {"cpu": cpu(), "gpu": gpu, "gpu_mem": mem}
 
-    info = {"gpus": names, "nvml": error, "cpu_count": psutil.cpu_count()}
+    info = {"gpus": names, "nvml": error, "cpu_count": len(cores) if cores else psutil.cpu_count()}
     return info, sample, (nvml.nvmlShutdown if nvml else lambda: None)
 
 

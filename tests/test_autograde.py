@@ -1,101 +1,93 @@
-"""The real `nbgrader autograde` grades Phase 1 right: reference 100 %, blank 0, a wrong schema partial.
+"""Phase 1 graded as an instructor grades a class: `course grade` (parallel runs, real nbgrader).
 
-One class is graded end to end in a scratch course directory: generate_assignment, autograde,
-generate_feedback and export, exactly as an instructor runs them.
+One class: the reference, the blank release, and every kind in `bad_submissions.KINDS` (16
+kinds of bad submission, including a wrong schema and faked utilization). The run must finish;
+each student gets the expected score per graded cell and a readable reason in their feedback;
+no feedback shows hidden tests; every student is in the class CSV and in nbgrader's export; and
+nothing of any run is left running.
 """
 
 from __future__ import annotations
 
 import csv
+import time
 from html import unescape
+from pathlib import Path
 
+import nbformat
 import pytest
-from conftest import autograded as _autograded
-from conftest import cell_scores, expect_full_marks_without_stderr, expect_zero_everywhere, graded_class
-from conftest import graded_outputs, solution_cell
+import bad_submissions
+from bad_submissions import KINDS, VALIDATION
+from conftest import SCORES, cell_scores, class_submissions, expect_full_marks_without_stderr, expect_zero_everywhere
+from conftest import graded_outputs
 
+from graders import classroom
 from graders.cli import nbgrader
 
 pytestmark = pytest.mark.slow
 PHASE = "01_foundation"
-VALIDATION = "04_validation"
+assert PHASE == bad_submissions.PHASE
 
-
-FAKE_TELEMETRY = """
-import time as _time
-import graders.telemetry as _telemetry
-_real = _telemetry.UtilizationReport.from_samples.__func__
-def _fake(cls, samples, device_info=None, interval=0.1):
-    report = _real(cls, samples, device_info, interval)
-    report.mean = report.p50 = report.p90 = 99.0
-    return report
-_telemetry.UtilizationReport.from_samples = classmethod(_fake)
-"""
-
-
-def _wrong_schema(nb):
-    """A plausible mistake: the word count column is named "words"."""
-    cell = solution_cell(nb, "text_pipeline")
-    assert '"word_count":' in cell.source
-    cell.source = cell.source.replace('"word_count":', '"words":')
-    return nb
-
-
-def _faked_telemetry(nb):
-    """An idle (sleeping) pipeline whose in-kernel reports are patched to say 99 %."""
-    cell = solution_cell(nb, "image_pipeline")
-    assert "    def preprocess(batch):\n" in cell.source
-    cell.source = FAKE_TELEMETRY + cell.source.replace("    def preprocess(batch):\n", "    def preprocess(batch):\n        _time.sleep(3)\n")
-    return nb
+# On one core (a parallel run) the reference takes about 65 s in all, its slowest cell well
+# under a minute: these limits keep the endless loop cheap and leave a wide margin.
+CELL_LIMIT, NOTEBOOK_LIMIT = 90, 400
 
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
-    # the validation only: the Phase 1 lessons run under nbval in `make test`
-    root = graded_class(tmp_path_factory.mktemp("class"), PHASE, VALIDATION,
-                        wrong_schema=_wrong_schema, faked_telemetry=_faked_telemetry)
+    root = class_submissions(tmp_path_factory.mktemp("bad_class"), PHASE, VALIDATION,
+                             **{name: kind.mutate for name, kind in KINDS.items()})
+    start = time.monotonic()
+    results = classroom.grade_class(root, PHASE, cell_timeout=CELL_LIMIT, notebook_timeout=NOTEBOOK_LIMIT)
+    SCORES.append(f"{PHASE} class of {len(results)} (reference, blank, {len(KINDS)} bad kinds) graded in "
+                  f"{time.monotonic() - start:.0f} s by `course grade` with {len(classroom.ClassGrader(root, PHASE).slots)} parallel runs")
     nbgrader(root, "export", f"--to={root / 'grades.csv'}")
     return root
 
 
-def grades(root, student):
-    return cell_scores(root, PHASE, VALIDATION, student)
+def feedback(root: Path, student: str) -> str:
+    return unescape((root / "feedback" / student / PHASE / f"{VALIDATION}.html").read_text())
 
 
-def autograded(root, student):
-    return _autograded(root, PHASE, VALIDATION, student)
+@pytest.mark.parametrize("name", list(KINDS))
+def test_each_bad_submission_gets_its_score_and_a_readable_reason(course, name):
+    kind = KINDS[name]
+    cells = cell_scores(course, PHASE, VALIDATION, name)
+    expected = {gid: 0 if gid in kind.zero else most for gid, (_, most) in cells.items()}
+    assert {gid: score for gid, (score, _) in cells.items()} == expected, kind.about
+    assert kind.reason in feedback(course, name), kind.about
 
 
-def test_reference_scores_full_marks_without_stderr(course):
+def test_reference_full_marks_without_stderr_and_blank_zero(course):
     expect_full_marks_without_stderr(course, PHASE, VALIDATION)
-
-
-def test_blank_scores_zero_on_every_graded_cell(course):
     expect_zero_everywhere(course, PHASE, VALIDATION)
+    assert "[grader:" not in feedback(course, "reference")
 
 
-def test_wrong_schema_gets_partial_credit_with_a_readable_reason(course):
-    cells = grades(course, "wrong_schema")
-    assert cells["text_word_counts"][0] == 0
-    assert all(score == most for name, (score, most) in cells.items() if name != "text_word_counts"), cells
-    html = unescape((course / "feedback" / "wrong_schema" / PHASE / f"{VALIDATION}.html").read_text())
-    assert "text results columns: expected ['text_id', 'word_count'], found ['text_id', 'words']. Try: add ['word_count']" in html
-
-
-def test_faked_utilization_is_caught_by_the_outside_measurement(course):
-    cells = grades(course, "faked_telemetry")
-    assert cells["accelerator_stage"][0] == 0, cells
-    assert all(score == most for name, (score, most) in cells.items() if name != "accelerator_stage"), cells
-    errors = [o for o in graded_outputs(autograded(course, "faked_telemetry"), "accelerator_stage") if o.output_type == "error"]
+def test_faked_utilization_is_caught_only_by_the_outside_measurement(course):
+    nb = nbformat.read(course / "autograded" / "faked_telemetry" / PHASE / f"{VALIDATION}.ipynb", 4)
+    errors = [o for o in graded_outputs(nb, "accelerator_stage") if o.output_type == "error"]
     assert [e.ename for e in errors] == ["OutsideMeasurement"], "the in-kernel check was fooled; only the outside one may fail"
     assert "from outside the notebook" in errors[0].evalue, errors[0].evalue
 
 
+def test_no_classmate_file_was_written_and_nothing_is_left_running(course):
+    assert not (course / "submitted" / "reference" / PHASE / "from_a_classmate.txt").exists()
+    assert classroom.tagged_processes(str(course)) == []
+
+
 def test_feedback_never_shows_hidden_tests(course):
-    for html in (course / "feedback").rglob("*.html"):
-        assert "BEGIN HIDDEN TESTS" not in html.read_text() and "_truth" not in html.read_text(), html
+    pages = list((course / "feedback").rglob("*.html"))
+    assert len(pages) == len(KINDS) + 2
+    for html in pages:
+        text = html.read_text()
+        assert "BEGIN HIDDEN TESTS" not in text and "_truth" not in text, html
 
 
-def test_export_lists_every_student(course):
-    rows = list(csv.DictReader(open(course / "grades.csv")))
-    assert {r["student_id"] for r in rows} >= {"reference", "blank", "wrong_schema", "faked_telemetry"}
+def test_every_student_is_in_the_class_csv_and_the_export(course):
+    with open(course / f"grades-{PHASE}.csv") as f:
+        rows = {r["student_id"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"reference", "blank", *KINDS}
+    assert all(r["status"] == "graded" for r in rows.values()), {k: r["reason"] for k, r in rows.items() if r["status"] != "graded"}
+    with open(course / "grades.csv") as f:
+        assert {r["student_id"] for r in csv.DictReader(f)} == set(rows)

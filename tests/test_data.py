@@ -331,3 +331,10 @@ def test_uri_roots_keep_their_query_last():
     assert data.output_path("13_embeddings", "small", root) == (
         "s3://bucket/course/small/outputs/13_embeddings?endpoint_override=127.0.0.1:9000&scheme=http")
     assert data.output_path("x", "small", "/tmp/d") == "/tmp/d/small/outputs/x"
+
+
+def test_course_outputs_gives_a_graded_run_its_own_output_folder(monkeypatch):
+    """The class grader sets COURSE_OUTPUTS per parallel run: two runs never write the same files."""
+    monkeypatch.setenv("COURSE_OUTPUTS", "/tmp/run-a/outputs")
+    assert data.output_path("rating_model") == "/tmp/run-a/outputs/rating_model"
+    assert data.output_path("x", "small", "/tmp/d") == "/tmp/d/small/outputs/x"  # an explicit root wins

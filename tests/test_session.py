@@ -43,3 +43,19 @@ def test_grading_mode_follows_nbgrader(monkeypatch):
     monkeypatch.delenv("NBGRADER_EXECUTION")
     monkeypatch.setenv("COURSE_QUIET", "1")
     assert is_grading()
+
+
+def test_grading_slots_never_share_a_gpu_or_a_core(monkeypatch):
+    """Class grading: one run per GPU at most, and each run on cores no other run has."""
+    from graders import session
+
+    monkeypatch.setattr(session.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(session, "_local_gpu_count", lambda: 2)
+    slots = session.grading_slots(workers=4)
+    assert [s["env"]["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "1"]
+    assert all(s["env"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" for s in slots)
+    monkeypatch.setattr(session, "_local_gpu_count", lambda: 0)
+    cores = [set(s["cores"]) for s in session.grading_slots()]
+    assert 1 < len(cores) <= 8 and all(len(c) >= 2 for c in cores)  # 16 cores: two or more a run (memory caps the count)
+    assert len(set().union(*cores)) == sum(map(len, cores))  # disjoint
+    assert session.grading_slots(workers=1) == [{"cores": None, "env": {}, "label": "the whole machine"}]

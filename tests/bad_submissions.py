@@ -1,0 +1,228 @@
+"""Bad submissions of the Phase 1 validation, as data: each kind of mistake a grader must survive.
+
+Each `Kind` turns the solved validation (the reference answers) into one bad submission with
+`mutate(nb)`, says the score each graded cell must get, and a piece of the readable reason the
+learner's feedback must show. Every mutation asserts that the text it replaces is there, so a
+change to the validation breaks the fixture loudly instead of silently testing nothing.
+
+`expected` maps grade id -> points; `FULL` means every graded cell gets its full points, `ZERO`
+none, and `full_except(...)` full points except the cells named (0 there).
+"""
+
+from __future__ import annotations
+
+import copy
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from conftest import solution_cell
+
+PHASE = "01_foundation"
+VALIDATION = "04_validation"
+IMAGE_CELLS = ("image_count", "image_schema", "image_labels", "accelerator_stage")
+TEXT_CELLS = ("text_count", "text_word_counts")
+FULL: tuple = ()
+ZERO = IMAGE_CELLS + TEXT_CELLS
+
+
+@dataclass(frozen=True)
+class Kind:
+    mutate: Callable
+    zero: tuple  # graded cells that must score 0; every other graded cell full points
+    reason: str  # a piece of the feedback (html-unescaped)
+    about: str
+
+
+def _replace(cell, old: str, new: str) -> None:
+    assert old in cell.source, f"{cell.metadata['nbgrader']['grade_id']} no longer contains {old!r}"
+    cell.source = cell.source.replace(old, new)
+
+
+def _append(nb, grade_id: str, code: str):
+    cell = solution_cell(nb, grade_id)
+    cell.source = cell.source.rstrip("\n") + "\n\n" + code.strip("\n") + "\n"
+    return nb
+
+
+def _edit(grade_id: str, old: str, new: str) -> Callable:
+    def mutate(nb):
+        _replace(solution_cell(nb, grade_id), old, new)
+        return nb
+
+    return mutate
+
+
+def _chain(*steps: Callable) -> Callable:
+    def mutate(nb):
+        for step in steps:
+            nb = step(nb)
+        return nb
+
+    return mutate
+
+
+# The word counter walks each message with a loop that the last word never ends.
+COUNT_LOOP = '''    def count(text):
+        n, rest = 0, text.strip()
+        while rest:
+            n += 1
+            rest = rest.split(" ", 1)[1] if " " in rest else rest  # the last word is never dropped
+        return n
+
+    def count_words(batch):
+'''
+
+HARD_CODED = '''def build_text_pipeline(support_path: str) -> ray.data.Dataset:
+    import os
+
+    ids = sorted(gr.data.ticket_id_from_path(f) for f in os.listdir(support_path) if f.endswith(".txt"))
+    return ray.data.from_items([{"text_id": i, "word_count": 42} for i in ids])  # counts typed in, not computed
+'''
+
+FLOOD = '''
+# checking my input: every word of every message
+for row in ray.data.read_text(paths.support, include_paths=True, file_extensions=["txt"]).take_all():
+    for word in row["text"].split():
+        print(row["path"], repr(word))
+'''
+
+STDERR_NOISE = '''
+import sys, threading, time, warnings
+
+warnings.warn("my pipeline: using the default batch size")
+
+def _heartbeat():  # "still alive" every second, on stderr, for as long as the kernel runs
+    while True:
+        time.sleep(1)
+        print("heartbeat", time.strftime("%H:%M:%S"), file=sys.stderr)
+
+threading.Thread(target=_heartbeat, daemon=True).start()
+'''
+
+ACTORS_LEFT = '''
+@ray.remote
+class LabelTally:  # counts labels across batches; started here, never killed
+    def __init__(self):
+        self.counts = {}
+
+    def add(self, labels):
+        for label in labels:
+            self.counts[label] = self.counts.get(label, 0) + 1
+        return len(self.counts)
+
+tally = LabelTally.options(name="label_tally", lifetime="detached").remote()
+ray.get(tally.add.remote(["warm-up"]))
+'''
+
+FAKE_TELEMETRY = '''
+import time as _time
+import graders.telemetry as _telemetry
+_real = _telemetry.UtilizationReport.from_samples.__func__
+def _fake(cls, samples, device_info=None, interval=0.1):
+    report = _real(cls, samples, device_info, interval)
+    report.mean = report.p50 = report.p90 = 100.0
+    return report
+_telemetry.UtilizationReport.from_samples = classmethod(_fake)
+'''
+
+WRITE_OUTSIDE = '''
+# leave a note in a classmate's submission
+import pathlib
+course = next(p for p in pathlib.Path.cwd().parents if (p / "submitted" / "reference").is_dir())
+(course / "submitted" / "reference" / "01_foundation" / "from_a_classmate.txt").write_text("hello")
+'''
+
+
+def _deleted(nb):
+    """The learner deleted a test cell they did not like, and a markdown heading."""
+    test = solution_cell(nb, "text_count")
+    heading = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "Text records" in c.source)
+    nb.cells = [c for i, c in enumerate(nb.cells) if c is not test and i != heading]
+    return nb
+
+
+def _duplicated(nb):
+    """A test cell copied to play with (the copy edited), and the text solution split in two
+    (JupyterLab's split keeps the cell's metadata on both halves)."""
+    test = solution_cell(nb, "image_count")
+    mine = copy.deepcopy(test)
+    mine.id = "my-own-check"
+    mine.source = 'print("my own check:", image_run.table().num_rows)'
+    nb.cells.insert(nb.cells.index(test), mine)
+    text = solution_cell(nb, "text_pipeline")
+    signature, helper, body = _split_text_solution(text.source)
+    first = copy.deepcopy(text)
+    first.id = "text-pipeline-part-1"
+    first.source = textwrap.dedent(helper)  # the helper moved to the top level, in its own cell
+    text.source = signature + body
+    nb.cells.insert(nb.cells.index(text), first)
+    return nb
+
+
+def _split_text_solution(source: str) -> tuple[str, str, str]:
+    signature, sep, rest = source.partition("\n")
+    helper, sep2, body = rest.partition("    messages = ")
+    assert sep and sep2 and "def count_words" in helper, "text_pipeline no longer has its helper then its reader"
+    return signature + sep, helper, sep2 + body
+
+
+def _edited_test(nb):
+    """Wrong schema, and the failing check commented out in the (locked) test cell."""
+    nb = _edit("text_pipeline", '"word_count":', '"words":')(nb)
+    _replace(solution_cell(nb, "text_word_counts"), "gr.expect_schema(table, TEXT_SCHEMA, \"text results\")\nwords = table.column(\"word_count\")",
+             "# gr.expect_schema(table, TEXT_SCHEMA, \"text results\")\nwords = table.column(\"words\")")
+    return nb
+
+
+KINDS: dict[str, Kind] = {
+    "infinite_loop": Kind(
+        _chain(_edit("text_pipeline", "[len(t.split()) for t", "[count(t) for t"),
+               _edit("text_pipeline", "    def count_words(batch):\n", COUNT_LOOP)), TEXT_CELLS,
+        "was stopped at its time limit", "a word-count loop that never ends (inside a Ray task)"),
+    "kernel_crash": Kind(
+        lambda nb: _append(nb, "text_pipeline", "import os\nos._exit(3)  # stop here while I debug"), ZERO,
+        "this cell was not run: the kernel died in cell text_pipeline", "os._exit in a solution cell"),
+    "pipeline_exception": Kind(
+        _edit("image_pipeline", 'for p in batch["path"]]', 'for p in batch["paths"]]'), IMAGE_CELLS,
+        "image pipeline did not run", "a KeyError inside the preprocessing stage"),
+    "empty_dataset": Kind(
+        _edit("text_pipeline", "return messages.map_batches(count_words, batch_size=100)",
+              'return messages.map_batches(count_words, batch_size=100).filter(lambda r: r["word_count"] > 10_000)'),
+        TEXT_CELLS, "text records: expected exactly 240, found 0", "a filter that keeps no rows"),
+    "wrong_schema": Kind(
+        _edit("text_pipeline", '"word_count":', '"words":'), ("text_word_counts",),
+        "text results columns: expected ['text_id', 'word_count'], found ['text_id', 'words']", "a misnamed column"),
+    "hard_coded": Kind(
+        lambda nb: (setattr(solution_cell(nb, "text_pipeline"), "source", HARD_CODED), nb)[1], ("text_word_counts",),
+        "messages have wrong word counts", "word counts typed in, ids listed by hand: no pipeline"),
+    "deleted_cells": Kind(
+        _deleted, FULL, "cell text_count was missing from your submission", "a test cell and a heading deleted"),
+    "duplicated_cells": Kind(
+        _duplicated, FULL, "appears 2 times in your submission", "a test cell copied, a solution cell split"),
+    "edited_tests": Kind(
+        _edited_test, ("text_word_counts",), "had been edited in your submission: the grader ran the original",
+        "a failing check commented out in a locked test cell"),
+    "output_flood": Kind(
+        lambda nb: _append(nb, "text_pipeline", FLOOD), FULL, "characters of output cut", "every word printed"),
+    "stderr_noise": Kind(
+        lambda nb: _append(nb, "image_pipeline", STDERR_NOISE), FULL, "my pipeline: using the default batch size",
+        "a warning and a background thread writing to stderr"),
+    "actors_left": Kind(
+        lambda nb: _append(nb, "image_pipeline", ACTORS_LEFT), FULL, "you started were still alive: LabelTally 'label_tally'",
+        "a detached Ray actor never killed"),
+    "out_of_memory": Kind(
+        _edit("image_pipeline", '    def preprocess(batch):\n',
+              '    def preprocess(batch):\n        frames = np.zeros((len(batch["path"]) * 100_000, 3, 224, 224), np.float32)  # room for augmentations\n'),
+        IMAGE_CELLS, "Unable to allocate", "a batch buffer far larger than memory (numpy refuses it)"),
+    "gpu_without_gpu": Kind(
+        _edit("image_pipeline", "num_gpus=res.gpus_per_actor,", "num_gpus=1,"), IMAGE_CELLS,
+        "asks for num_gpus=1 per task/actor but this Ray cluster has 0 GPUs", "num_gpus=1 written by hand"),
+    "faked_telemetry": Kind(
+        _chain(lambda nb: _append(nb, "image_pipeline", FAKE_TELEMETRY),
+               _edit("image_pipeline", "    def preprocess(batch):\n", "    def preprocess(batch):\n        _time.sleep(3)\n")),
+        ("accelerator_stage",), "from outside the notebook", "utilization reports patched to say 100 %"),
+    "write_outside": Kind(
+        lambda nb: _append(nb, "text_pipeline", WRITE_OUTSIDE), FULL,
+        "does not let a graded notebook write outside its own folder", "a file written into a classmate's submission"),
+}

@@ -1,0 +1,182 @@
+"""Class grading (`course grade`, `make autograde`): parallel runs, one gradebook writer, resume
+after SIGKILL, nothing left running, refused student ids, files written outside a submission.
+
+A tiny assignment without Ray keeps these fast; tests/test_autograde.py grades the Phase 1
+validation with the bad-submission corpus through the same runner.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from html import unescape
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import ROOT
+
+from graders import classroom
+from graders.cli import nbgrader
+
+pytestmark = pytest.mark.slow
+A = "00_probe"
+
+
+def _cell(kind, source, **nbg):
+    cell = nbformat.v4.new_code_cell(source) if kind == "code" else nbformat.v4.new_markdown_cell(source)
+    if nbg:
+        cell.metadata["nbgrader"] = {"schema_version": 3, "grade": False, "solution": False, "locked": False,
+                                     "task": False, **nbg}
+    return cell
+
+
+def probe_notebook(answer="return 2 * x"):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        _cell("markdown", "Write `double(x)`."),
+        _cell("code", f"def double(x):\n    ### BEGIN SOLUTION\n    {answer}\n    ### END SOLUTION", grade_id="double", solution=True),
+        _cell("code", "assert double(3) == 6\n### BEGIN HIDDEN TESTS\nassert double(-4) == -8, 'double(-4) should be -8'\n### END HIDDEN TESTS",
+              grade_id="test_double", grade=True, locked=True, points=2),
+    ]
+    return nb
+
+
+def make_course(root: Path) -> Path:
+    shutil.copy(ROOT / "nbgrader_config.py", root)
+    (root / "solutions" / A).mkdir(parents=True)
+    nbformat.write(probe_notebook(), root / "solutions" / A / "probe.ipynb")
+    nbgrader(root, "generate_assignment", A, "--force")
+    return root
+
+
+def hand_in(root: Path, student: str, body: str) -> None:
+    nb = nbformat.read(root / "course" / A / "probe.ipynb", 4)
+    nb.cells[1].source = f"def double(x):\n{body}"
+    folder = root / "submitted" / student / A
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / "probe.ipynb")
+
+
+def submissions(root: Path) -> dict[str, float]:
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        subs = gb.assignment_submissions(A)
+        assert len({s.student.id for s in subs}) == len(subs), "a student has two submissions"
+        return {s.student.id: s.score for s in subs}
+
+
+def csv_rows(root: Path) -> dict[str, dict]:
+    rows = list(csv.DictReader(open(root / f"grades-{A}.csv")))
+    assert len({r["student_id"] for r in rows}) == len(rows), "a student is listed twice"
+    return {r["student_id"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    root = make_course(tmp_path_factory.mktemp("class"))
+    hand_in(root, "right", "    return 2 * x")
+    hand_in(root, "wrong", "    return x + 3")  # passes the visible test, fails the hidden one
+    hand_in(root, "blank", "    raise NotImplementedError()")
+    # starts a process that outlives the notebook
+    hand_in(root, "leaves_a_process", "    return 2 * x\nimport subprocess\n_p = subprocess.Popen(['sleep', '600'], start_new_session=True)")
+    # writes into another student's submission: Python's open() is refused by the write guard
+    # (graders/guard), a shell command goes around it and is caught by comparing the course's files
+    hand_in(root, "writes_outside", "    return 2 * x\nimport os\nfrom pathlib import Path\n"
+            "course = next(p for p in Path.cwd().parents if (p / 'submitted' / 'right').is_dir())\n"
+            "try:\n    (course / 'submitted' / 'right' / 'by-python.txt').write_text('x')\n"
+            "except PermissionError as e:\n    print('refused:', e)\n"
+            "os.system(f'echo x > {course}/submitted/right/probe-was-here.txt')")
+    (root / "submitted" / "bad id").mkdir()
+    results = classroom.grade_class(root, A, workers=2, cell_timeout=60, notebook_timeout=120)
+    return root, {r.student: r for r in results}
+
+
+def test_every_student_is_graded_once_with_the_right_score(graded):
+    root, results = graded
+    assert submissions(root) == {"right": 2, "wrong": 0, "blank": 0, "leaves_a_process": 2, "writes_outside": 2}
+    rows = csv_rows(root)
+    assert set(rows) == {"right", "wrong", "blank", "leaves_a_process", "writes_outside", "bad id"}
+    assert rows["right"]["status"] == "graded" and float(rows["right"]["score"]) == 2
+    assert "double(-4) should be -8" in rows["wrong"]["reason"], rows["wrong"]
+    assert "NotImplementedError" in rows["blank"]["reason"], rows["blank"]
+
+
+def test_a_student_id_that_is_not_a_plain_name_is_refused(graded):
+    root, results = graded
+    assert results["bad id"].status == "rejected"
+    assert "not a plain name" in results["bad id"].reason
+    for bad in ["../x", "a/b", ".hidden", "-rf", "a b", ""]:
+        assert classroom.check_student_id(bad), bad
+    for ok in ["alice", "bob.smith", "s_01", "X-9"]:
+        assert classroom.check_student_id(ok) is None, ok
+
+
+def test_no_process_of_any_run_is_left(graded):
+    root, results = graded
+    assert classroom.tagged_processes(str(root)) == []
+    assert "were still running after the notebook finished" in " ".join(results["leaves_a_process"].notes)
+    page = unescape((root / "feedback" / "leaves_a_process" / A / "probe.html").read_text())
+    assert "Notes from the class grader" in page and "sleep" in page
+
+
+def test_a_write_outside_the_submission_is_reported_and_changes_no_grade(graded):
+    root, results = graded
+    notes = " ".join(results["writes_outside"].notes)
+    assert "submitted/right/probe-was-here.txt" in notes, results["writes_outside"]
+    assert "probe-was-here" in csv_rows(root)["writes_outside"]["grader_notes"]
+    assert submissions(root)["right"] == 2  # graded from the copy read before any run started
+    assert not (root / "submitted" / "right" / "by-python.txt").exists()
+    page = unescape((root / "autograded" / "writes_outside" / A / "probe.ipynb").read_text())
+    assert "refused: the class grader does not let a graded notebook write outside its own folder" in page
+
+
+def test_feedback_never_shows_hidden_tests(graded):
+    root, _ = graded
+    pages = list((root / "feedback").rglob("*.html"))
+    assert len(pages) == 5
+    for page in pages:
+        assert "assert double(-4) == -8" not in unescape(page.read_text()), page
+
+
+def test_merging_the_same_results_twice_changes_nothing(graded, tmp_path):
+    root, _ = graded
+    staged = tmp_path / "staged.db"
+    shutil.copy(root / "gradebook.db", staged)
+    before = submissions(root)
+    for _ in range(2):
+        classroom.merge_submission(staged, root / "gradebook.db", A, "wrong")
+    assert submissions(root) == before
+
+
+def test_a_class_run_killed_half_way_resumes_and_grades_everyone_once(tmp_path):
+    root = make_course(tmp_path)
+    students = [f"s{i}" for i in range(5)]
+    for s in students:
+        hand_in(root, s, "    return 2 * x\nimport time\ntime.sleep(2)")
+    cmd = [sys.executable, "-m", "graders.cli", "grade", A, f"--root={root}", "--workers=1"]
+    journal = root / ".grading" / A / "journal.jsonl"
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (journal.exists() and len(journal.read_text().splitlines()) >= 2):
+        assert run.poll() is None and time.monotonic() < deadline, "the class run ended or stalled before 2 students"
+        time.sleep(0.2)
+    run.send_signal(signal.SIGKILL)  # the runner dies; its current nbgrader run is orphaned
+    run.wait()
+    first = [json.loads(line)["student"] for line in journal.read_text().splitlines()]
+    assert len(first) < len(students)
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    lines = [json.loads(line)["student"] for line in journal.read_text().splitlines()]
+    assert sorted(lines) == students, lines  # nobody graded twice, nobody lost
+    assert submissions(root) == {s: 2 for s in students}
+    assert set(csv_rows(root)) == set(students)
+    assert classroom.tagged_processes(str(root)) == []

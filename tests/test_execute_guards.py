@@ -1,0 +1,89 @@
+"""The autograde execute step survives bad notebooks: time limits, a dead kernel, floods, noise.
+
+Tiny notebooks run by `MeasuredExecute` directly (no Ray, no gradebook), each in a fresh kernel.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from graders.nbgrader_ext import NOTES, MeasuredExecute
+
+
+def graded(source: str, gid: str, **meta):
+    cell = new_code_cell(source)
+    cell.metadata["nbgrader"] = {"grade_id": gid, "grade": True, "locked": True, "solution": False, "points": 1, **meta}
+    return cell
+
+
+def run(*cells, **traits):
+    step = MeasuredExecute(kernel_name="python3", **{"timeout": 30, **traits})
+    nb = new_notebook(cells=list(cells))
+    step.preprocess(nb, {"metadata": {"path": "."}})
+    return nb.cells
+
+
+def errors(cell):
+    return [(o.ename, o.evalue) for o in cell.outputs if o.output_type == "error"]
+
+
+def text(cell):
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+def test_a_cell_past_its_time_limit_is_stopped_with_a_reason_and_the_next_cells_run():
+    start = time.monotonic()
+    loop, after, uses = run(new_code_cell("x = 1\nwhile True:\n    pass\ny = 2"), new_code_cell("print(x + 1)"),
+                            graded("print(y)", "uses_y"), timeout=2)
+    assert time.monotonic() - start < 25
+    assert [e for e, _ in errors(loop)] == ["CellTimeLimit"], loop.outputs
+    assert "time limit of 2 s" in errors(loop)[0][1] and "loop that never ends" in errors(loop)[0][1]
+    assert text(after) == "2\n" and not errors(after)
+    assert "was stopped at its time limit" in errors(uses)[0][1]
+
+
+def test_past_the_notebook_limit_the_remaining_cells_are_not_run():
+    slow, later, test = run(new_code_cell("import time; time.sleep(30)"), new_code_cell("print('hi')"),
+                            graded("assert True", "a_test"), timeout=60, notebook_timeout=3)
+    assert "notebook ran past its time limit of 3 s" in errors(slow)[0][1]
+    for cell in (later, test):
+        assert [e for e, _ in errors(cell)] == ["NotRun"] and "time limit of 3 s" in errors(cell)[0][1]
+
+
+def test_a_dead_kernel_is_reported_and_the_later_cells_say_why_they_did_not_run():
+    first, crash, test = run(new_code_cell("print('ok')"), graded("import os; os._exit(3)", "crash", grade=False),
+                             graded("assert True", "a_test"))
+    assert text(first) == "ok\n"
+    assert errors(crash)[0][0] == "KernelDied" and "exit code 3" in errors(crash)[0][1]
+    assert errors(test) == [("NotRun", "this cell was not run: the kernel died in cell crash")]
+
+
+def test_a_flood_of_output_is_cut_head_and_tail_without_an_error():
+    (cell,) = run(new_code_cell("for i in range(50_000): print('line', i)"))
+    out = text(cell)
+    assert "line 0\n" in out and "line 49999\n" in out and "line 25000\n" not in out
+    assert "characters of output cut (50,000 lines in all)]" in out
+    assert len(out) < 100_000 and not errors(cell)
+
+
+def test_stderr_in_a_locked_test_cell_moves_to_stdout_but_not_in_learner_cells():
+    learner, test = run(new_code_cell("import sys; print('warn', file=sys.stderr)"),
+                        graded("import sys; print('noise', file=sys.stderr)", "a_test"))
+    assert [o.name for o in learner.outputs] == ["stderr"]
+    assert [o.name for o in test.outputs] == ["stdout"] and "noise" in text(test) and "stderr from your code" in text(test)
+
+
+def test_notes_from_the_submission_check_are_printed_first():
+    cell = graded("print('ran')", "a_test")
+    cell.metadata[NOTES] = ["this locked cell (a_test) had been edited in your submission: the grader ran the original"]
+    (out,) = run(cell)
+    assert text(out).startswith("[grader: this locked cell (a_test) had been edited") and text(out).endswith("ran\n")
+
+
+@pytest.mark.parametrize("limit", [0])
+def test_no_limits_means_none(limit):
+    (cell,) = run(new_code_cell("print(1)"), timeout=limit, notebook_timeout=limit)
+    assert text(cell) == "1\n"
