@@ -214,8 +214,8 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-_RAY_ACTORS = ("MapWorker", "SplitCoordinator", "AutoscalingRequester", "ServeController", "ProxyActor",
-               "ServeReplica", "RayTrainWorker", "TrainController")
+_RAY_ACTORS = ("MapWorker", "SplitCoordinator", "AutoscalingRequester", "ActorLocationTracker", "ServeController",
+               "ProxyActor", "ServeReplica", "RayTrainWorker", "TrainController")  # started by Ray's libraries
 
 
 def actors_left() -> list[str]:

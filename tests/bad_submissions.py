@@ -209,7 +209,7 @@ KINDS: dict[str, Kind] = {
         lambda nb: _append(nb, "image_pipeline", STDERR_NOISE), FULL, "my pipeline: using the default batch size",
         "a warning and a background thread writing to stderr"),
     "actors_left": Kind(
-        lambda nb: _append(nb, "image_pipeline", ACTORS_LEFT), FULL, "you started were still alive: LabelTally 'label_tally'",
+        lambda nb: _append(nb, "image_pipeline", ACTORS_LEFT), FULL, "LabelTally 'label_tally'",
         "a detached Ray actor never killed"),
     "out_of_memory": Kind(
         _edit("image_pipeline", '    def preprocess(batch):\n',
