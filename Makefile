@@ -56,10 +56,10 @@ test-fast: setup ## quick edit loop: unit tests only (no Ray, no notebooks)
 
 bench: setup data ## benchmarks: Phase 2 (model ceiling vs naive vs reference) and class grading (sequential vs parallel)
 	$(BIN)/python tests/bench/phase2.py
-	$(BIN)/python tests/bench/class_grading.py
+	PYTHONPATH=tests $(BIN)/python tests/bench/class_grading.py
 
 bench-grading: setup data ## class grading only: sequential vs parallel on BENCH_STUDENTS reference submissions
-	$(BIN)/python tests/bench/class_grading.py
+	PYTHONPATH=tests $(BIN)/python tests/bench/class_grading.py
 
 release: setup ## regenerate course/ from solutions/ (nbgrader generate_assignment)
 	for a in $(PHASES); do $(BIN)/nbgrader generate_assignment $$a --force --log-level=WARN || exit 1; done

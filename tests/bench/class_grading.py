@@ -1,11 +1,13 @@
 """Class grading, sequential against parallel, on the same submissions: the measured ratio.
 
-    python tests/bench/class_grading.py            # BENCH_PHASE=01_foundation BENCH_STUDENTS=4
+    PYTHONPATH=tests python tests/bench/class_grading.py   # BENCH_PHASE=01_foundation BENCH_STUDENTS=4
+
+(`make bench-grading` sets PYTHONPATH: the submissions are made with the tests' own helpers.)
 
 A scratch course gets BENCH_STUDENTS copies of the phase's reference solution; `course grade`
 grades them once with one run at a time and once with the default parallel runs
 (`session.grading_slots`), each in a fresh course. Scores must agree; the wall times and their
-ratio are printed. On 2 cores the runs share little besides the idle time of starting Ray.
+ratio are printed. Measured on 2 cores with 4 Phase 1 references: 132.6 s against 113.5 s, 1.17x.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def course_with_references(root: Path, phase: str, students: int) -> None:
