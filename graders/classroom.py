@@ -215,8 +215,9 @@ class ClassGrader:
         self.cell_timeout, self.notebook_timeout = cell_timeout, notebook_timeout
         self.console = console or Console(stderr=False)
         self._lock = threading.Lock()  # the gradebook and the journal have one writer at a time
-        self._window: dict[str, float] = {}  # students running now -> start time
+        self._running: set[str] = set()  # students whose runs are going on now
         self._snapshot: dict = {}
+        self._suspects: dict[str, set[str]] = {}  # changed course file -> students running meanwhile
 
     # -- journal ----------------------------------------------------------------------------
     def finished(self) -> dict[str, dict]:
@@ -320,12 +321,21 @@ class ClassGrader:
         self._record(result)
         shutil.rmtree(stage, ignore_errors=True)
 
-    def _outside_writes(self) -> list[str]:
-        """Files of the course changed since the last look (charged to the runs active meanwhile)."""
+    def _outside_writes(self, student: str) -> str | None:
+        """Under the lock, as a run ends: a note naming the course files changed outside the
+        submission folders while it ran (charged to every run going on meanwhile), or None."""
         now = snapshot(self.root)
-        paths = changed(self._snapshot, now)
+        for path in changed(self._snapshot, now):
+            self._suspects.setdefault(path, set()).update(self._running)
         self._snapshot = now
-        return paths
+        self._running.discard(student)
+        mine = sorted(p for p, who in self._suspects.items() if student in who)
+        if not mine:
+            return None
+        others = sorted(set().union(*(self._suspects[p] for p in mine)) - {student})
+        return ("files outside the submission folders changed while your notebook ran: " + ", ".join(mine[:10])
+                + (f" (also running then: {', '.join(others)})" if others else "")
+                + ". A graded notebook may only write inside its own folder.")
 
     # -- the class --------------------------------------------------------------------------
     def run(self, students: list[str] | None = None, fresh: bool = False) -> list[Result]:
@@ -374,7 +384,6 @@ class ClassGrader:
         for slot in self.slots:
             free.put(slot)
         self._snapshot = snapshot(self.root)
-        suspects: dict[str, set[str]] = {}
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=self.console, transient=False) as progress:
@@ -384,7 +393,7 @@ class ClassGrader:
                 slot = free.get()
                 task = progress.add_task(f"  {sub.student}: running on {slot['label']}", total=None)
                 with self._lock:
-                    self._window[sub.student] = time.monotonic()
+                    self._running.add(sub.student)
                 try:
                     result = self.grade(sub, slot)
                 except Exception as exc:  # the class run never aborts for one student
@@ -393,17 +402,8 @@ class ClassGrader:
                 finally:
                     free.put(slot)
                 with self._lock:
-                    running = set(self._window)
-                    self._window.pop(sub.student, None)
-                    for path in self._outside_writes():
-                        suspects.setdefault(path, set()).update(running)
-                    mine = sorted(p for p, who in suspects.items() if sub.student in who)
-                    if mine:
-                        others = sorted(set().union(*(suspects[p] for p in mine)) - {sub.student})
-                        result.notes.append("files outside the submission folders changed while your notebook ran: "
-                                            + ", ".join(mine[:10])
-                                            + (f" (also running then: {', '.join(others)})" if others else "")
-                                            + ". A graded notebook may only write inside its own folder.")
+                    if note := self._outside_writes(sub.student):
+                        result.notes.append(note)
                     try:
                         self._publish(sub, result)
                     except Exception as exc:
