@@ -66,6 +66,7 @@ class Result:
     seconds: float = 0.0
     reason: str = ""
     notes: list[str] = field(default_factory=list)  # what the grader had to do (also in the feedback)
+    gpu_after: list = field(default_factory=list)  # [pid, MiB] still on the run's GPU after it (NVML)
     digest: str = ""
 
 
@@ -287,6 +288,10 @@ class ClassGrader:
             result.notes.append(f"{len(left)} process(es) of your run were still running after the notebook finished "
                                 f"and were stopped by the grader ({', '.join(sorted(set(left))[:5])}). "
                                 "Try: end with gr.shutdown(), and kill actors you start.")
+        result.gpu_after = _gpu_left(slot)
+        if result.gpu_after:
+            result.notes.append(f"{len(result.gpu_after)} process(es) still held GPU memory after your run: "
+                                + ", ".join(f"pid {pid} ({mib} MiB)" for pid, mib in result.gpu_after))
         graded = stage / "autograded" / sub.student / self.assignment
         if killed:
             result.reason = (f"stopped after {limit:.0f} s: the run outlived the notebook limit "
@@ -451,6 +456,17 @@ class ClassGrader:
         self.console.print(table)
         counts = {s: sum(r.status == s for r in results) for s in ("graded", "failed", "rejected")}
         self.console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f". CSV: grades-{self.assignment}.csv")
+
+
+def _gpu_left(slot: dict, wait_s: float = 10.0) -> list[list[int]]:
+    """What still holds memory on this slot's GPU once its run has ended and been stopped (the
+    driver frees a stopped process's memory within moments). [] without a GPU."""
+    from graders.telemetry import gpu_processes
+
+    deadline = time.monotonic() + wait_s
+    while (held := gpu_processes(slot["env"].get("CUDA_VISIBLE_DEVICES"))) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return [[pid, mib] for pid, mib in held]
 
 
 def _last_error(log: str) -> str:

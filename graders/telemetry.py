@@ -41,7 +41,7 @@ _GAUGE_PERIOD_S = 0.25  # redraw the live gauge at most 4 times a second
 
 
 # --------------------------------------------------------------------------- NVML
-def _probe_nvml():
+def _probe_nvml(visible: str | None = None):
     """Start NVML and list the GPUs: returns ``(pynvml, handles, names, error)``.
 
     ``pynvml`` is None (and NVML already shut down) when utilization cannot be
@@ -66,20 +66,20 @@ def _probe_nvml():
     except Exception as exc:
         pynvml.nvmlShutdown()
         return None, [], names, f"NVML cannot read GPU utilization: {exc or type(exc).__name__}"
-    handles, names = _visible_gpus(pynvml, handles, names)
+    handles, names = _visible_gpus(pynvml, handles, names, visible)
     if not handles:
         pynvml.nvmlShutdown()
         return None, [], [], "NVML found no GPUs"
     return pynvml, handles, names, None
 
 
-def _visible_gpus(nvml, handles, names):
+def _visible_gpus(nvml, handles, names, visible: str | None = None):
     """Only the GPUs this process may use: CUDA_VISIBLE_DEVICES as indices or UUIDs.
 
     The class grader gives each parallel run its own GPU this way (with
     CUDA_DEVICE_ORDER=PCI_BUS_ID, so CUDA's indices are NVML's).
     """
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
     if visible is None:
         return handles, names
     wanted = [v.strip() for v in visible.split(",") if v.strip()]
@@ -108,6 +108,21 @@ def nvml_devices() -> tuple[list[str], str | None]:
     if nvml is not None:
         nvml.nvmlShutdown()
     return names, error
+
+
+def gpu_processes(visible: str | None = None) -> list[tuple[int, int]]:
+    """(pid, MiB) of every process holding memory on a visible GPU; [] without NVML.
+
+    The class grader asks after each run: with one run per GPU, whatever is left there is
+    that run's. `visible`: a CUDA_VISIBLE_DEVICES value (default: this process's)."""
+    nvml, handles, _, _ = _probe_nvml(visible)
+    if nvml is None:
+        return []
+    try:
+        return [(p.pid, int((p.usedGpuMemory or 0) / 2**20)) for h in handles
+                for p in nvml.nvmlDeviceGetComputeRunningProcesses(h)]
+    finally:
+        nvml.nvmlShutdown()
 
 
 # ---------------------------------------------------------------- sampler process
