@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import types
 import time
 from pathlib import Path
 
@@ -274,3 +275,48 @@ def test_sampler_process_does_not_import_the_package(tmp_path):
     parent_pid, samples = map(int, out.stdout.split())
     assert samples >= 1 and out.stderr == ""
     assert marker.read_text().split() == [str(parent_pid)]
+
+
+class _FakeNvml:
+    """Two GPUs: GPU 0 with one process left on it, GPU 1 idle."""
+
+    def __init__(self):
+        self.open = 0
+
+    def nvmlInit(self):
+        self.open += 1
+
+    def nvmlShutdown(self):
+        self.open -= 1
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return f"Fake GPU {h}"
+
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-{h}000"
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return types.SimpleNamespace(gpu=0, memory=0)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        return [types.SimpleNamespace(pid=4242, usedGpuMemory=512 * 2**20)] if h == 0 else []
+
+
+def test_gpu_processes_are_read_per_visible_gpu(monkeypatch):
+    from graders import classroom
+
+    nvml = _FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert telemetry.gpu_processes() == [(4242, 512)]
+    assert telemetry.gpu_processes("1") == [] and telemetry.gpu_processes("GPU-0") == [(4242, 512)]
+    # the class grader names what is left on a run's own GPU only
+    assert classroom._gpu_left({"env": {"CUDA_VISIBLE_DEVICES": "0"}}, wait_s=0) == [[4242, 512]]
+    assert classroom._gpu_left({"env": {"CUDA_VISIBLE_DEVICES": "1"}}, wait_s=0) == []
+    assert nvml.open == 0, "NVML was left open"
