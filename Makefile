@@ -18,7 +18,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export RAY_AUTH_MODE ?= disabled
 PHASES := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 
-.PHONY: help setup data workspace lab check test test-fast bench bench-grading release release-check collect autograde feedback grades clean
+.PHONY: help setup data workspace lab check browser test test-fast bench bench-grading release release-check collect autograde feedback grades clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,10 +44,33 @@ lab: setup data workspace ## start JupyterLab on your workspace
 check: setup data ## am I done? grade your validation notebook: make check PHASE=1
 	$(BIN)/course check $(PHASE)
 
+# tests/test_browser.py drives JupyterLab in Debian's chromium through Playwright (never
+# `playwright install`: no browser is downloaded). This installs chromium when it is missing, as
+# root or through `sudo -n`. It never fails: when it cannot, it says so and the browser test skips.
+browser: ## install Debian's chromium for the browser test (apt-get; warns, never fails)
+	@if [ -x "$${CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		rm -f .artifacts/chromium-install.log; \
+	else \
+		mkdir -p .artifacts; \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
+		echo "Installing Debian's chromium for tests/test_browser.py ($${sudo:+$$sudo }apt-get install -y chromium) ..."; \
+		if { $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+				>.artifacts/chromium-install.log 2>&1 && command -v chromium >/dev/null 2>&1; then \
+			rm -f .artifacts/chromium-install.log; echo "chromium installed: $$(command -v chromium)"; \
+		else \
+			echo "********************************************************************************"; \
+			echo "WARNING: chromium could not be installed, so tests/test_browser.py will SKIP."; \
+			echo "  tried: $${sudo:+$$sudo }apt-get install -y chromium; its last lines (.artifacts/chromium-install.log):"; \
+			tail -n 3 .artifacts/chromium-install.log | sed 's/^/    /'; \
+			echo "  fix: as root, apt-get install -y chromium (or set CHROMIUM to a Chromium binary)"; \
+			echo "********************************************************************************"; \
+		fi; \
+	fi
+
 # The lessons run under nbval. The validation notebooks run under the real `nbgrader autograde`
 # instead (tests/test_autograde*.py: the reference must earn every point), which is stricter than
 # nbval and would otherwise run each of them twice.
-test: setup data ## the whole test suite: kit, lessons (nbval), release sync, real nbgrader autograde
+test: setup data browser ## the whole test suite: kit, lessons (nbval), release sync, real nbgrader autograde, JupyterLab in a browser
 	$(BIN)/python -m pytest tests solutions --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider \
 		--ignore-glob='solutions/*/*_validation.ipynb' --durations=20 $(PYTEST_ARGS)
 

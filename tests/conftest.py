@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import secrets
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir() and p.name[:2].isdigit())
 SCORES: list[str] = []  # lines printed at the end of the run (make test shows the autograde scores)
+BROWSER: list[str] = []  # the browser test's screenshots, or why it did not run (printed at the end too)
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +45,67 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@dataclass
+class Lab:
+    """A running JupyterLab: its address, its token and its log file."""
+
+    url: str
+    token: str
+    log: Path
+    process: subprocess.Popen
+
+    def api(self, path: str, method: str = "GET"):
+        """Call the server's REST API (JSON in, JSON out; None for an empty answer)."""
+        request = urllib.request.Request(f"{self.url}/{path}", method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+        body = urllib.request.urlopen(request, timeout=10).read()
+        return json.loads(body) if body else None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def jupyter_lab(notebook_dir: Path, state: Path, env: dict | None = None):
+    """JupyterLab started as `make lab` starts it, on `notebook_dir`, stopped afterwards.
+
+    Like `make lab` it runs in the repository root, where nbgrader's Validate button reads
+    nbgrader_config.py (the course's cell time limits). It listens on a free local port with a
+    token of its own; its runtime files, lab settings and log go to `state`.
+    """
+    state.mkdir(parents=True, exist_ok=True)
+    port, token = free_port(), secrets.token_hex(8)
+    env = {**os.environ, **(env or {}), "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
+           "JUPYTERLAB_SETTINGS_DIR": str(state / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(state / "workspaces")}
+    jupyter = Path(sys.executable).with_name("jupyter")
+    log = state / "jupyterlab.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [str(jupyter), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
+             f"--notebook-dir={notebook_dir}", "--allow-root"],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    lab = Lab(f"http://127.0.0.1:{port}", token, log, server)
+    try:
+        for _ in range(120):
+            try:
+                lab.api("api/status")
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"JupyterLab exited with code {server.returncode}:\n{lab.log_tail()}")
+                time.sleep(0.5)
+        else:
+            raise RuntimeError(f"JupyterLab did not answer within 60 s:\n{lab.log_tail()}")
+        yield lab
+    finally:
+        server.terminate()  # the server shuts its kernels down before it exits
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
 
 
 def execute_notebook(path: Path) -> dict[str, str]:
@@ -162,6 +231,11 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("nbgrader autograde scores")
         for line in SCORES:
             terminalreporter.write_line(line)
+    if BROWSER:
+        terminalreporter.section("JupyterLab in a browser (tests/test_browser.py)")
+        for line in BROWSER:
+            loud = line.startswith("NOT RUN")
+            terminalreporter.write_line(line, red=loud, bold=loud)
 
 
 # nbgrader runs helper programs (alembic) by name: make the venv's bin dir visible to it.

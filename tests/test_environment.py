@@ -1,4 +1,4 @@
-"""environment.yml (conda) installs exactly what pyproject.toml declares."""
+"""environment.yml (conda) installs exactly what pyproject.toml declares, test extra included (as `make setup`)."""
 
 import tomllib
 
@@ -13,7 +13,7 @@ def test_environment_yml_matches_pyproject():
     assert "python=3.11" in env["dependencies"]
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert "-e ." in pip, "the pip section must install the course kit itself"
-    assert sorted(p for p in pip if p != "-e .") == sorted(project["dependencies"])
+    assert sorted(p for p in pip if p != "-e .") == sorted(project["dependencies"] + project["optional-dependencies"]["test"])
 
 
 def test_no_deprecated_pynvml_shim():
