@@ -31,7 +31,7 @@ class PipelineRun:
     report: UtilizationReport | None = None
     seconds: float = 0.0
     error: str | None = None
-    nodes: int = 0  # Ray nodes the pipeline's tasks ran on (from Dataset.stats())
+    nodes: int = 0  # Ray nodes the pipeline's tasks ran on, all stages together (see _nodes_used)
     arrivals: list = field(default_factory=list)  # (seconds since start, rows) per output block
     actor_stage: bool | None = None  # did a stage run on an actor pool? (None: could not tell)
 
@@ -75,9 +75,29 @@ def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> Pip
                 run.arrivals.append((time.perf_counter() - start, block.num_rows))
                 tables.append(block)
         run.rows = pa.concat_tables(tables) if tables else pa.table({})
-        run.nodes = max(map(int, re.findall(r"(\d+) nodes used", ds.stats())), default=0)
+        run.nodes = _nodes_used(ds)
 
     return _measured(run, execute, monitor)
+
+
+def _nodes_used(ds) -> int:
+    """Distinct Ray nodes an executed Dataset's tasks ran on, over all its stages.
+
+    Dataset.stats() counts nodes per stage: reads on one node and the model's actor on another
+    each say "1 nodes used", yet the pipeline used 2. Ray's per-block stats are internal: without
+    them, the largest per-stage count."""
+    try:
+        todo, seen = [ds._current_executor.get_stats()], set()
+        while todo:
+            stats = todo.pop()
+            for blocks in stats.metadata.values():
+                seen.update(b.exec_stats.node_id for b in blocks if getattr(b, "exec_stats", None) and b.exec_stats.node_id)
+            todo.extend(stats.parents)
+        if seen:
+            return len(seen)
+    except AttributeError:
+        pass
+    return max(map(int, re.findall(r"(\d+) nodes used", ds.stats())), default=0)
 
 
 def _measured(run, execute, monitor: bool):
