@@ -187,20 +187,15 @@ def class_submissions(root: Path, phase: str, notebook: str, **wrong) -> Path:
 
 
 def graded_class(root: Path, phase: str, notebook: str, **wrong) -> Path:
-    """`class_submissions`, graded as an instructor grades a class: `course grade` (the real
-    nbgrader autograde and feedback).
-
-    One run at a time, on the whole machine: these runs keep both cores busy on their own, so two
-    runs pinned to one core each took longer here (Phase 2: 280 s against 259 s one at a time;
-    Phase 3: 318 s against 290 s), the last run of three finishing alone on one core."""
-    from graders import classroom
+    """`class_submissions`, autograded by nbgrader itself, with feedback (one notebook at a time
+    on the whole machine: these runs keep both cores busy on their own; two runs pinned to one core
+    each through `course grade` took longer here, Phase 2 280 s against 259 s, Phase 3 318 s
+    against 290 s)."""
+    from graders.cli import nbgrader
 
     class_submissions(root, phase, notebook, **wrong)
-    start = time.monotonic()
-    results = classroom.grade_class(root, phase, workers=1)
-    SCORES.append(f"{phase} class of {len(results)} graded in {time.monotonic() - start:.0f} s by `course grade`, one run at a time")
-    failed = {r.student: r.reason for r in results if r.status != "graded"}
-    assert not failed, f"every submission should have been graded; these were not: {failed}"
+    nbgrader(root, "autograde", phase, "--create")
+    nbgrader(root, "generate_feedback", phase)
     return root
 
 
