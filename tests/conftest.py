@@ -108,20 +108,36 @@ def jupyter_lab(notebook_dir: Path, state: Path, env: dict | None = None):
             server.wait(timeout=10)
 
 
-def execute_notebook(path: Path) -> dict[str, str]:
+def execute_notebook(path: Path, estimates: tuple[str, ...] = ()) -> dict[str, str]:
     """Run a notebook as a learner would (its own folder, a fresh kernel) and return each
-    graded or locked cell's text output by grade id; any error output fails the test."""
+    graded or locked cell's text output by grade id; any error output fails the test.
+
+    `estimates`: grade ids of measured-performance cells that may fail with CheckFailed (their
+    message is then in the returned text), e.g. Phase 2's efficiency on a cluster, which the
+    README documents as an estimate there."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
     code = [c for c in nb.cells if c.cell_type == "code"]
     errors = [(c.metadata.get("nbgrader", {}).get("grade_id"), o.ename, o.evalue) for c in code for o in c.outputs
               if o.output_type == "error"]
-    assert not errors, errors
-    return {c.metadata["nbgrader"]["grade_id"]: "".join(o.get("text", "") for o in c.outputs)
-            for c in code if "nbgrader" in c.metadata}
+    assert not [e for e in errors if not (e[0] in estimates and e[1] == "CheckFailed")], errors
+    def text(o):
+        return f"{o.ename}: {o.evalue}\n" if o.output_type == "error" else o.get("text", "")
+
+    return {c.metadata["nbgrader"]["grade_id"]: "".join(map(text, c.outputs)) for c in code if "nbgrader" in c.metadata}
+
+
+def pytest_collection_modifyitems(items):
+    # nbval waits only 5 s (hard-coded) for a cell's last messages once the kernel has replied; on
+    # 2 busy cores a kernel that just ended a Ray Train run once took longer, and nbval then fails
+    # the cell and stops the kernel. The cell's own limit (--nbval-cell-timeout) is unchanged.
+    for item in items:
+        if hasattr(item, "output_timeout"):
+            item.output_timeout = 60
 
 
 def solved(release_nb, source_nb):
