@@ -99,12 +99,12 @@ def read_submission(folder: Path, student: str) -> Submission:
 
 
 # ------------------------------------------------------------------ processes of a run
-def tagged_processes(prefix: str) -> list[psutil.Process]:
-    """Processes whose environment carries our tag starting with `prefix`."""
+def tagged_processes(prefix: str, tag: str = TAG) -> list[psutil.Process]:
+    """Processes whose environment carries `tag` (default: a grading run's) starting with `prefix`."""
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            if proc.environ().get(TAG, "").startswith(prefix):
+            if proc.environ().get(tag, "").startswith(prefix):
                 found.append(proc)
         except (psutil.Error, OSError):
             continue

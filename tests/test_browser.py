@@ -30,8 +30,9 @@ from types import SimpleNamespace
 import nbformat
 import psutil
 import pytest
-
 from conftest import BROWSER, ROOT, jupyter_lab, solved
+
+from graders.classroom import tagged_processes
 
 pytestmark = pytest.mark.slow
 
@@ -69,17 +70,6 @@ def _chromium() -> str:
              f"`chromium` or `chromium-browser` on PATH); {why}. {HOW_TO_INSTALL}")
 
 
-def _tagged(value: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.environ().get(TAG) == value:
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
 def _playwright_drivers() -> list[psutil.Process]:
     """Playwright's driver (a node process) that this pytest process started, if still alive."""
     found = []
@@ -96,7 +86,7 @@ def _left_running(tag: str, wait_s: float = 60) -> list[str]:
     """What is still running of this module after `wait_s`; whatever is left is then killed."""
     deadline = time.monotonic() + wait_s
     while True:
-        left = _tagged(tag) + _playwright_drivers()
+        left = tagged_processes(tag, tag=TAG) + _playwright_drivers()
         if not left or time.monotonic() > deadline:
             break
         time.sleep(1)

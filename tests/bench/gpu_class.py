@@ -58,7 +58,10 @@ def main(work: Path) -> int:
 
     failures = []
 
-    def check(ok: bool, what: str) -> None:
+    def check(ok: bool, what: str, gpu_only: bool = False) -> None:
+        if gpu_only and not gpus:
+            print("  -    " + what + " (no GPU here: not checked)")
+            return
         print(("  ok   " if ok else "  FAIL ") + what)
         if not ok:
             failures.append(what)
@@ -67,7 +70,7 @@ def main(work: Path) -> int:
     for r in results:
         print(f"{r.student:>16}: {r.status} {r.score}/{r.max_score} in {r.seconds:.0f} s; GPU after: {r.gpu_after}; "
               f"reason: {r.reason[:160]}")
-    ref, blank, fake = by["reference"], by["blank"], by["faked_telemetry"]
+    ref, blank = by["reference"], by["blank"]
     check(ref.score == ref.max_score, f"reference earns every point ({ref.score}/{ref.max_score})")
     check(blank.score == 0, f"blank earns nothing ({blank.score})")
     for name in ("reference", "faked_telemetry"):
@@ -79,14 +82,14 @@ def main(work: Path) -> int:
         if name == "faked_telemetry":
             check([e.split(":")[0] for e in errors] == ["OutsideMeasurement"],
                   "faked report: only the outside measurement fails it")
-            check(not gpus or "GPU" in " ".join(errors), "the outside measurement that caught it was of the GPU")
+            check("GPU" in " ".join(errors), "the outside measurement that caught it was of the GPU", gpu_only=True)
         else:
             check(not errors, "reference: the outside measurement agrees")
-    check(len(slots) <= max(1, len(gpus)) or not gpus, f"at most one run per GPU ({len(slots)} slots, {len(gpus)} GPUs)")
+    check(len(slots) <= len(gpus), f"at most one run per GPU ({len(slots)} slots, {len(gpus)} GPUs)", gpu_only=True)
     check(all(not r.gpu_after for r in results), "after every run, nothing held memory on its GPU (NVML)")
     most = max((len(p) for _, p in held), default=0)
     print(f"NVML: {len(held)} samples while grading; at most {most} process(es) on the GPU at once")
-    check(not gpus or most >= 1, "NVML saw the runs on the GPU")
+    check(most >= 1, "NVML saw the runs on the GPU", gpu_only=True)
     check(gpu_processes() == [], f"nothing on the GPU after the class ({gpu_processes()})")
     check(classroom.tagged_processes(str(root)) == [], "no process of any run is left running")
     print(f"{len(failures)} check(s) failed" if failures else "all checks passed")
