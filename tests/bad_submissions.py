@@ -5,8 +5,15 @@ Each `Kind` turns the solved validation (the reference answers) into one bad sub
 learner's feedback must show. Every mutation asserts that the text it replaces is there, so a
 change to the validation breaks the fixture loudly instead of silently testing nothing.
 
-`expected` maps grade id -> points; `FULL` means every graded cell gets its full points, `ZERO`
-none, and `full_except(...)` full points except the cells named (0 there).
+`zero` names the graded cells a kind must zero (every other graded cell keeps its full points):
+`FULL` none, `ZERO` all of them.
+
+A class hands in `STUDENTS`: each student makes two to four of these mistakes at once, in
+different cells, so the class is 6 notebook runs instead of 16 (each run costs a kernel, a Ray and
+the model). Every kind must still get its own score and reason there: the student's expected
+score is the union of its kinds' zeros, and the pairs are chosen so that a grader that gave up
+after the first error would fail (a mistake that zeroes the image cells goes with one that zeroes
+only `text_word_counts`, and the crash with a warning printed before it).
 """
 
 from __future__ import annotations
@@ -226,3 +233,29 @@ KINDS: dict[str, Kind] = {
         lambda nb: _append(nb, "text_pipeline", WRITE_OUTSIDE), FULL,
         "does not let a graded notebook write outside its own folder", "a file written into a classmate's submission"),
 }
+
+
+# Each student of the test class and the kinds of mistake in their submission (applied in order).
+STUDENTS: dict[str, tuple[str, ...]] = {
+    "pipeline_exception-wrong_schema-deleted_cells-duplicated_cells": (
+        "pipeline_exception", "wrong_schema", "deleted_cells", "duplicated_cells"),
+    "out_of_memory-hard_coded-output_flood-write_outside": ("out_of_memory", "hard_coded", "output_flood", "write_outside"),
+    "gpu_without_gpu-edited_tests": ("gpu_without_gpu", "edited_tests"),
+    "faked_telemetry-empty_dataset": ("faked_telemetry", "empty_dataset"),
+    "infinite_loop-actors_left": ("infinite_loop", "actors_left"),
+    "stderr_noise-kernel_crash": ("stderr_noise", "kernel_crash"),  # a warning in one cell, then the kernel dies
+}
+assert sorted(k for kinds in STUDENTS.values() for k in kinds) == sorted(KINDS), "every kind once, in one student"
+
+
+def student_of(kind: str) -> str:
+    return next(student for student, kinds in STUDENTS.items() if kind in kinds)
+
+
+def mutate(student: str) -> Callable:
+    return _chain(*(KINDS[k].mutate for k in STUDENTS[student]))
+
+
+def zero(student: str) -> set[str]:
+    """The graded cells this student must score 0 on: every cell one of their mistakes zeroes."""
+    return {cell for k in STUDENTS[student] for cell in KINDS[k].zero}

@@ -202,17 +202,88 @@ def class_submissions(root: Path, phase: str, notebook: str, **wrong) -> Path:
     return root
 
 
-def graded_class(root: Path, phase: str, notebook: str, **wrong) -> Path:
-    """`class_submissions`, autograded by nbgrader itself, with feedback (one notebook at a time
-    on the whole machine: these runs keep both cores busy on their own; two runs pinned to one core
-    each through `course grade` took longer here, Phase 2 280 s against 259 s, Phase 3 318 s
-    against 290 s)."""
+@dataclass
+class GradedClass:
+    root: Path  # the scratch course: submitted/, autograded/, feedback/, gradebook.db
+    on_cluster: dict[str, list[dict]]  # actors that the cluster-graded students ran there, by class name
+
+
+def graded_class(root: Path, phase: str, notebook: str, on_cluster: tuple[str, ...] = (), **wrong) -> GradedClass:
+    """`class_submissions`, autograded by nbgrader itself, with feedback.
+
+    One notebook at a time on the whole machine: these runs keep both cores busy on their own (two
+    runs pinned to one core each through `course grade` took longer here, Phase 2 280 s against
+    259 s, Phase 3 318 s against 290 s). The students named in `on_cluster` are graded afterwards,
+    with RAY_ADDRESS set, on a real two-node Ray cluster started for them (tests/cluster.py) and
+    stopped afterwards: so each phase's validation also runs, unchanged and graded, on a cluster,
+    at the cost of no extra notebook run. The cluster starts only after the local runs, whose
+    utilization is measured, have ended.
+    """
     from graders.cli import nbgrader
 
     class_submissions(root, phase, notebook, **wrong)
-    nbgrader(root, "autograde", phase, "--create")
+    nbgrader(root, "autograde", phase, "--create", f"--CourseDirectory.student_id_exclude={','.join(on_cluster)}")
+    ran: dict[str, list[dict]] = {}
+    if on_cluster:
+        from cluster import two_node_cluster
+
+        with two_node_cluster() as cluster, environment(RAY_ADDRESS=cluster.address):
+            before = set(cluster.actors())
+            others = sorted({"reference", "blank", *wrong} - set(on_cluster))
+            nbgrader(root, "autograde", phase, "--create", f"--CourseDirectory.student_id_exclude={','.join(others)}")
+            ran = cluster.actors_since(before)
     nbgrader(root, "generate_feedback", phase)
-    return root
+    return GradedClass(root, ran)
+
+
+@contextlib.contextmanager
+def environment(**values: str):
+    """Set environment variables (for the processes started meanwhile), then restore them."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@dataclass
+class S3:
+    root: str  # COURSE_DATA for the course data in the bucket: s3://course-data/data?endpoint_override=...
+    env: dict[str, str]  # the credentials every reader needs (the server accepts any)
+
+
+@contextlib.contextmanager
+def s3_server():
+    """An S3-compatible server on this machine (moto's standalone server) with an empty bucket."""
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        from pyarrow import fs as pafs
+
+        with environment(**env):
+            s3 = pafs.S3FileSystem(allow_bucket_creation=True, endpoint_override=f"127.0.0.1:{port}", scheme="http")
+            for _ in range(60):
+                try:
+                    s3.create_dir("course-data")
+                    break
+                except OSError:
+                    time.sleep(0.5)
+        yield S3(f"s3://course-data/data?endpoint_override=127.0.0.1:{port}&scheme=http", env)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def printed(nb, grade_id: str) -> str:
+    """What the cell with this grade id printed (its stream outputs, joined)."""
+    return "".join(o.get("text", "") for o in graded_outputs(nb, grade_id) if o.output_type == "stream")
 
 
 def expect_full_marks_without_stderr(root: Path, phase: str, notebook: str) -> None:

@@ -1,8 +1,9 @@
 """Phase 1 graded as an instructor grades a class: `course grade` (parallel runs, real nbgrader).
 
-One class: the reference, the blank release, and every kind in `bad_submissions.KINDS` (16
-kinds of bad submission, including a wrong schema and faked utilization). The run must finish;
-each student gets the expected score per graded cell and a readable reason in their feedback;
+One class: the reference, the blank release, and the students of `bad_submissions.STUDENTS`, who
+make between them every kind of mistake in `bad_submissions.KINDS` (16 kinds, two to four per
+student, including a wrong schema and faked utilization). The run must finish; each kind gets the
+expected score per graded cell and a readable reason in its student's feedback;
 no feedback shows hidden tests; every student is in the class CSV and in nbgrader's export; and
 nothing of any run is left running.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import bad_submissions
-from bad_submissions import KINDS, VALIDATION
+from bad_submissions import KINDS, STUDENTS, VALIDATION
 from conftest import SCORES, cell_scores, class_submissions, expect_full_marks_without_stderr, expect_zero_everywhere
 from conftest import graded_outputs
 
@@ -36,10 +37,10 @@ CELL_LIMIT, NOTEBOOK_LIMIT = 90, 400
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
     root = class_submissions(tmp_path_factory.mktemp("bad_class"), PHASE, VALIDATION,
-                             **{name: kind.mutate for name, kind in KINDS.items()})
+                             **{student: bad_submissions.mutate(student) for student in STUDENTS})
     start = time.monotonic()
     results = classroom.grade_class(root, PHASE, cell_timeout=CELL_LIMIT, notebook_timeout=NOTEBOOK_LIMIT)
-    SCORES.append(f"{PHASE} class of {len(results)} (reference, blank, {len(KINDS)} bad kinds) graded in "
+    SCORES.append(f"{PHASE} class of {len(results)} (reference, blank, {len(KINDS)} kinds of mistake) graded in "
                   f"{time.monotonic() - start:.0f} s by `course grade` with {len(classroom.ClassGrader(root, PHASE).slots)} parallel runs")
     nbgrader(root, "export", f"--to={root / 'grades.csv'}")
     return root
@@ -50,12 +51,12 @@ def feedback(root: Path, student: str) -> str:
 
 
 @pytest.mark.parametrize("name", list(KINDS))
-def test_each_bad_submission_gets_its_score_and_a_readable_reason(course, name):
-    kind = KINDS[name]
-    cells = cell_scores(course, PHASE, VALIDATION, name)
-    expected = {gid: 0 if gid in kind.zero else most for gid, (_, most) in cells.items()}
-    assert {gid: score for gid, (score, _) in cells.items()} == expected, kind.about
-    assert kind.reason in feedback(course, name), kind.about
+def test_each_kind_of_mistake_gets_its_score_and_a_readable_reason(course, name):
+    kind, student = KINDS[name], bad_submissions.student_of(name)
+    cells = cell_scores(course, PHASE, VALIDATION, student)
+    expected = {gid: 0 if gid in bad_submissions.zero(student) else most for gid, (_, most) in cells.items()}
+    assert {gid: score for gid, (score, _) in cells.items()} == expected, f"{student}: {kind.about}"
+    assert kind.reason in feedback(course, student), f"{student}: {kind.about}"
 
 
 def test_reference_full_marks_without_stderr_and_blank_zero(course):
@@ -65,7 +66,7 @@ def test_reference_full_marks_without_stderr_and_blank_zero(course):
 
 
 def test_faked_utilization_is_caught_only_by_the_outside_measurement(course):
-    nb = nbformat.read(course / "autograded" / "faked_telemetry" / PHASE / f"{VALIDATION}.ipynb", 4)
+    nb = nbformat.read(course / "autograded" / bad_submissions.student_of("faked_telemetry") / PHASE / f"{VALIDATION}.ipynb", 4)
     errors = [o for o in graded_outputs(nb, "accelerator_stage") if o.output_type == "error"]
     assert [e.ename for e in errors] == ["OutsideMeasurement"], "the in-kernel check was fooled; only the outside one may fail"
     assert "from outside the notebook" in errors[0].evalue, errors[0].evalue
@@ -78,7 +79,7 @@ def test_no_classmate_file_was_written_and_nothing_is_left_running(course):
 
 def test_feedback_never_shows_hidden_tests(course):
     pages = list((course / "feedback").rglob("*.html"))
-    assert len(pages) == len(KINDS) + 2
+    assert len(pages) == len(STUDENTS) + 2
     for html in pages:
         text = html.read_text()
         assert "BEGIN HIDDEN TESTS" not in text and "_truth" not in text, html
@@ -87,7 +88,7 @@ def test_feedback_never_shows_hidden_tests(course):
 def test_every_student_is_in_the_class_csv_and_the_export(course):
     with open(course / f"grades-{PHASE}.csv") as f:
         rows = {r["student_id"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"reference", "blank", *KINDS}
+    assert set(rows) == {"reference", "blank", *STUDENTS}
     assert all(r["status"] == "graded" for r in rows.values()), {k: r["reason"] for k, r in rows.items() if r["status"] != "graded"}
     with open(course / "grades.csv") as f:
         assert {r["student_id"] for r in csv.DictReader(f)} == set(rows)

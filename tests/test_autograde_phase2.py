@@ -4,7 +4,8 @@
 - blank: the release as handed out -> 0 on every graded cell;
 - naive: a correct pipeline in the slow pattern (the model loaded in a per-batch function, small
   batches) -> its counts and schema pass; efficiency and speedup fail, and the feedback names the
-  knob to turn (load the model once per actor).
+  knob to turn (load the model once per actor). This student is graded on a real two-node Ray
+  cluster (RAY_ADDRESS): the pipeline must have run on both nodes and left no actor alive.
 
 Only the validation runs here: the Phase 2 lessons run under nbval (`make test`).
 """
@@ -15,8 +16,9 @@ from html import unescape
 
 import pytest
 
+from cluster import nodes_used, spread
 from conftest import autograded, cell_scores, expect_full_marks_without_stderr, expect_zero_everywhere, graded_class
-from conftest import graded_outputs, solution_cell
+from conftest import graded_outputs, printed, solution_cell
 
 pytestmark = pytest.mark.slow
 PHASE = "02_advanced_processing"
@@ -44,21 +46,21 @@ def _naive(nb):
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
-    return graded_class(tmp_path_factory.mktemp("class2"), PHASE, VALIDATION, naive=_naive)
+    return graded_class(tmp_path_factory.mktemp("class2"), PHASE, VALIDATION, on_cluster=("naive",), naive=_naive)
 
 
-def scores(root, student):
-    return cell_scores(root, PHASE, VALIDATION, student)
+def scores(course, student):
+    return cell_scores(course.root, PHASE, VALIDATION, student)
 
 
 def test_reference_scores_full_marks_without_stderr(course):
-    expect_full_marks_without_stderr(course, PHASE, VALIDATION)
-    printed = "".join(o.get("text", "") for o in graded_outputs(autograded(course, PHASE, VALIDATION, "reference"), "efficiency"))
-    assert "efficiency" in printed and "ceiling" in printed, printed
+    expect_full_marks_without_stderr(course.root, PHASE, VALIDATION)
+    said = "".join(o.get("text", "") for o in graded_outputs(autograded(course.root, PHASE, VALIDATION, "reference"), "efficiency"))
+    assert "efficiency" in said and "ceiling" in said, said
 
 
 def test_blank_scores_zero_on_every_graded_cell(course):
-    expect_zero_everywhere(course, PHASE, VALIDATION)
+    expect_zero_everywhere(course.root, PHASE, VALIDATION)
 
 
 def test_naive_pipeline_is_correct_but_not_optimized(course):
@@ -67,6 +69,13 @@ def test_naive_pipeline_is_correct_but_not_optimized(course):
         assert cells[name][0] == cells[name][1], (name, cells)
     for name in ("efficiency", "speedup"):
         assert cells[name][0] == 0, (name, cells)
-    html = unescape((course / "feedback" / "naive" / PHASE / f"{VALIDATION}.html").read_text())
+    html = unescape((course.root / "feedback" / "naive" / PHASE / f"{VALIDATION}.html").read_text())
     assert "load the model once per actor" in html
     assert "BEGIN HIDDEN TESTS" not in html
+
+
+def test_naive_pipeline_ran_on_both_nodes_of_the_cluster(course):
+    run = printed(autograded(course.root, PHASE, VALIDATION, "naive"), "run_pipelines")
+    assert nodes_used(run, "your pipeline") == 2, run
+    assert course.on_cluster, "nothing ran on the cluster"
+    print(run, spread(course.on_cluster), sep="\n")

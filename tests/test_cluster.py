@@ -1,263 +1,56 @@
-"""Every phase's validation runs unchanged on a real multi-node Ray cluster (RAY_ADDRESS).
+"""The validations run unchanged on a real multi-node Ray cluster (RAY_ADDRESS), data in S3.
 
-One cluster for the whole module: a head node and a worker node, each its own set of processes
-with its own CPU count, started with `ray start` on this machine in a temporary folder of their
-own; each notebook joins them through RAY_ADDRESS. Each validation must pass its graded cells,
-its work must spread over both nodes, and it must leave no actor alive on the cluster. Then the
-cluster is stopped (only its own processes: `ray stop` would stop every Ray on the machine) and
-nothing of it may be left running.
+Here: Phase 1's validation, run as a learner runs it, on a two-node cluster (tests/cluster.py: a
+head node and a worker node, 1 CPU each, started with `ray start` on this machine) with the course
+data in object storage (an S3-compatible server on this machine, moto) - the way a course runs
+beyond one machine, where every node reads the same bucket. Its graded cells must pass, its image
+pipeline must spread over both nodes, it must leave no actor alive on the cluster, and nothing of
+the cluster may be left running afterwards.
 
-Sizing: 1 CPU per node, 2 in all, as many as the machine's 2 cores and as a local Ray gets here.
-The model stage (1 actor x 1 CPU) then fills one node, so the reads and preprocessing must run on
-the other; and Phase 2's efficiency ceiling, scaled by the cluster's CPUs over the driver's cores,
-stays the ceiling of the cores that really run the work (a 3-CPU cluster on 2 cores would ask for
-1.5x what the cores can do).
+Phases 2-4: each phase's class test grades one of its students with the real `nbgrader autograde`
+on such a cluster (`on_cluster` in tests/test_autograde_phase{2,3,4}.py), with the same checks
+(work on both nodes, Ray Train's workers or Serve's actors on the cluster, none left alive).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
-
-import psutil
 import pytest
-from conftest import ROOT, execute_notebook, free_port
+from cluster import CPUS, nodes_used, spread, two_node_cluster
+from conftest import ROOT, execute_notebook, s3_server
+
+from graders import data
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).with_name("ray"))
-NODE_CPUS = {"head": 1, "worker": 1}
-CPUS = sum(NODE_CPUS.values())
-
-
-class Cluster:
-    """A `ray start` cluster on this machine, found by its own temp folder and GCS port."""
-
-    def __init__(self, temp_dir: str, port: int):
-        self.temp_dir, self.port = temp_dir, port
-        self.address = f"127.0.0.1:{port}"
-        self._state = None
-
-    def processes(self) -> list[psutil.Process]:
-        """This cluster's processes, whatever they call themselves: every one whose command line
-        names its temp folder or GCS port, or that holds a file open in that folder (each Ray
-        process, workers included, writes its logs there; workers rename themselves "ray::..."
-        and outlive a killed raylet as orphans, so neither name nor parent would find them)."""
-        marks = (self.temp_dir, f"127.0.0.1:{self.port}", f"gcs_server_port={self.port}")
-        found = []
-        for proc in psutil.process_iter(["cmdline"]):
-            if proc.pid == os.getpid():
-                continue
-            try:
-                line = " ".join(proc.info["cmdline"] or [])
-                if any(m in line for m in marks) or any(f.path.startswith(self.temp_dir + os.sep) for f in proc.open_files()):
-                    found.append(proc)
-            except psutil.Error:  # gone meanwhile, or not ours to read
-                pass
-        return [p for p in found if _alive(p)]
-
-    def state(self):
-        """Ray's GCS tables of this cluster, read without joining it as a driver."""
-        if self._state is None:
-            from ray._private.state import GlobalState
-            from ray._raylet import GcsClientOptions
-
-            self._state = GlobalState()
-            self._state._initialize_global_state(
-                GcsClientOptions.create(self.address, None, allow_cluster_id_nil=True, fetch_cluster_id_if_nil=False))
-        return self._state
-
-    def nodes(self) -> dict[str, float]:
-        """{node id: CPUs} of the nodes alive."""
-        return {n["NodeID"]: n["Resources"].get("CPU", 0) for n in self.state().node_table() if n["Alive"]}
-
-    def actors(self) -> dict[str, dict]:
-        return self.state().actor_table(None)
-
-    def stop(self) -> None:
-        """Stop this cluster as `ray stop --force` would (raylets first, so that nothing starts new
-        workers, then the rest, GCS last), but only its own processes: `ray stop` stops every Ray
-        on the machine."""
-        if self._state is not None:
-            self._state.disconnect()
-        procs = self.processes()
-        order = {"raylet": 0, "gcs_server": 2}
-        for step in range(3):
-            group = [p for p in procs if order.get(_name(p), 1) == step]
-            for proc in group:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    proc.kill()
-            deadline = time.monotonic() + 10
-            while any(map(_alive, group)) and time.monotonic() < deadline:  # a zombie counts as gone
-                time.sleep(0.05)
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _name(proc: psutil.Process) -> str:
-    try:
-        return proc.name()
-    except psutil.NoSuchProcess:
-        return ""
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    # A short folder of its own (Ray's socket paths must stay under 108 characters) and ports of its
-    # own: Ray's fixed defaults (10001 for Ray Client, 52365 for each node's agent) may be taken by
-    # another Ray on this machine, or by the other node.
-    temp_dir = tempfile.mkdtemp(prefix="raycl-", dir="/tmp")
-    port = free_port()
-    c = Cluster(temp_dir, port)
-    assert not c.processes(), "something already uses this cluster's port or folder"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    common = [f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    head = [RAY, "start", "--head", f"--port={port}", f"--num-cpus={NODE_CPUS['head']}", "--include-dashboard=false",
-            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}", *common]
-    worker = [RAY, "start", f"--address={c.address}", f"--num-cpus={NODE_CPUS['worker']}",
-              f"--dashboard-agent-listen-port={free_port()}", *common]
-    started = time.perf_counter()
-    try:
-        # The worker node starts as soon as the head's GCS listens (it waits for the head's
-        # session to be registered there), while the head starts the rest of its processes.
-        heading = subprocess.Popen(head, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        while heading.poll() is None and not _listening(port):
-            time.sleep(0.1)
-        joined = subprocess.run(worker, check=False, env=env, capture_output=True, text=True, timeout=180)
-        head_out, _ = heading.communicate(timeout=180)
-        assert heading.returncode == 0, f"ray start --head failed:\n{head_out}"
-        assert joined.returncode == 0, f"ray start --address failed:\n{joined.stdout}{joined.stderr}"
-        for _ in range(60):  # the worker node registers with the GCS shortly after `ray start` returns
-            if len(c.nodes()) == 2:
-                break
-            time.sleep(0.5)
-        assert sorted(c.nodes().values()) == sorted(NODE_CPUS.values()), c.nodes()
-        print(f"\ncluster at {c.address} up in {time.perf_counter() - started:.1f} s")
+def s3():
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    # Every node reads the bucket: its processes get the credentials (a real cluster's nodes get
+    # theirs from their machine's role or environment). COURSE_DATA names the endpoint.
+    with two_node_cluster(env=s3.env) as c:
         yield c
-    finally:
-        stopping = time.perf_counter()
-        c.stop()
-        left = [(p.pid, _name(p)) for p in c.processes()]
-        print(f"\ncluster stopped in {time.perf_counter() - stopping:.1f} s")
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not left, f"processes of the cluster were left running after it was stopped: {left}"
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
-# Ray Data's own services: one detached actor each per cluster, shared by every job, by design.
-RAY_DATA_SERVICES = ("_StatsActor", "_AutoscalingCoordinatorActor", "ActorLocationTracker", "_UsageCollectionActor")
-
-
-@pytest.fixture
-def on_cluster(cluster, monkeypatch, tmp_path):
-    """RAY_ADDRESS for the notebook and a folder of its own for its outputs. Yields the cluster and
-    a function that lists the actors started on it since (by class name) and fails if any but
-    Ray Data's services is still alive."""
+def test_phase1_validation_on_two_nodes_with_its_data_in_s3(cluster, s3, monkeypatch, tmp_path):
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    paths = data.prepare(root=s3.root)  # the course data, built into the bucket
+    assert paths.images.startswith("s3://course-data/data/small/images?")
+    assert data.prepare(root=s3.root) == paths  # idempotent: the manifest in S3 is found
+    monkeypatch.setenv("COURSE_DATA", s3.root)
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path / "outputs"))
     before = set(cluster.actors())
 
-    def actors() -> dict[str, list[dict]]:
-        deadline = time.monotonic() + 20  # the GCS ends a finished job's actors within moments
-        while True:
-            ran = {}
-            for actor_id, a in cluster.actors().items():
-                if actor_id not in before:
-                    ran.setdefault(a["ActorClassName"], []).append(a)
-            alive = [(name, a["Name"]) for name, group in ran.items() for a in group
-                     if a["State"] != "DEAD" and not (name in RAY_DATA_SERVICES and a["IsDetached"])]
-            if not alive or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert not alive, f"actors left alive on the cluster after the notebook: {alive}"
-        return ran
-
-    yield cluster, actors
-
-
-def _nodes_of(actors: list[dict]) -> set[str]:
-    return {a["Address"]["NodeID"] for a in actors}
-
-
-def _nodes_used(line_of: str, name: str) -> int:
-    """Nodes a run_pipeline run reported ("<name>: ... rows in ... s (...; on 2 nodes)")."""
-    match = re.search(rf"^{re.escape(name)}: .*; on (\d+) nodes?\)$", line_of, re.MULTILINE)
-    assert match, f"no node count for {name!r} in:\n{line_of}"
-    return int(match[1])
-
-
-def _validation(phase: str) -> Path:
-    return next((ROOT / "solutions").glob(f"{phase}_*/04_validation.ipynb"))
-
-
-def _spread(ran: dict[str, list[dict]]) -> str:
-    """What ran as actors, for the log: "MapWorker x2 on 2 node(s), ..."."""
-    return ", ".join(f"{name} x{len(group)} on {len(_nodes_of(group))} node(s)" for name, group in sorted(ran.items()))
-
-
-def _joined(out: dict[str, str], cluster: Cluster) -> None:
-    """The notebook's gr.start() joined this cluster (RAY_ADDRESS) and sized its stages from both nodes."""
-    assert f"(cluster at {cluster.address}): {CPUS} CPUs" in out["setup"], out["setup"]
-
-
-def test_phase1_validation_on_two_nodes(on_cluster):
-    cluster, actors = on_cluster
-    out = execute_notebook(_validation("01"))
-    _joined(out, cluster)
+    out = execute_notebook(ROOT / "solutions" / "01_foundation" / "04_validation.ipynb")
+    assert f"(cluster at {cluster.address}): {CPUS} CPUs" in out["setup"], out["setup"]  # gr.start() joined it
     run = out["run_pipelines"]
-    assert "image pipeline: 96 rows" in run and _nodes_used(run, "image pipeline") == 2, run
-    print(run, _spread(actors()), sep="\n")
-
-
-def test_phase2_validation_on_two_nodes(on_cluster):
-    cluster, actors = on_cluster
-    # Counts, schema and node spread must hold. Efficiency and speedup compare with a ceiling measured
-    # on the driver's machine, so on a cluster they are estimates (README): printed, not required.
-    out = execute_notebook(_validation("02"), estimates=("efficiency", "speedup", "accelerator_utilization"))
-    _joined(out, cluster)
-    run = out["run_pipelines"]
-    assert _nodes_used(run, "your pipeline") == 2, run
-    print(out["run_naive"], run, out["efficiency"], out["speedup"], out["accelerator_utilization"], _spread(actors()), sep="\n")
-
-
-def test_phase3_validation_on_two_nodes(on_cluster):
-    cluster, actors = on_cluster
-    out = execute_notebook(_validation("03"))
-    _joined(out, cluster)
-    training = out["run_training"]  # the training data, then Ray Train (TorchTrainer) on the cluster
-    assert _nodes_used(training, "training data") == 2, training
-    ran = actors()
-    assert len(ran.get("RayTrainWorker", [])) >= 2, f"no Ray Train workers on the cluster: {_spread(ran)}"
-    print(training, out["run_pipelines"], out["inference_utilization"], _spread(ran), sep="\n")
-
-
-def test_phase4_validation_on_two_nodes(on_cluster):
-    cluster, actors = on_cluster
-    out = execute_notebook(_validation("04"))
-    _joined(out, cluster)
-    run = out["run_pipelines"]
-    assert _nodes_used(run, "batch scoring") == 2, run
-    assert "no Serve process left" in out["serve_shutdown"], out["serve_shutdown"]
-    ran = actors()  # Serve's controller and replica among them, and none of them alive
-    assert ran.get("ServeController") and any(k.startswith("ServeReplica") for k in ran), f"no Serve on the cluster: {_spread(ran)}"
-    print(run, out["scoring_utilization"], out["serve_answers"], _spread(ran), sep="\n")
+    assert "image pipeline: 96 rows" in run and "text pipeline: 240 rows" in run, run
+    assert nodes_used(run, "image pipeline") == 2, run
+    print(run, spread(cluster.actors_since(before)), sep="\n")

@@ -46,3 +46,18 @@ def test_text_embeddings_are_unit_length_and_meaningful(capfd):
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.2, "similar complaints should be closer than unrelated text"
     assert capfd.readouterr().err == "", "loading the model must not write to stderr (nbgrader scores that 0)"
+
+
+def test_padding_no_text_reaches_is_skipped_without_changing_the_embeddings():
+    import torch
+
+    _, model = models.load_text_model("cpu")
+    texts = ["Fast delivery.", "The screen cracked after two days and support never answered my emails."]
+    tokens = models.tokenize(texts)
+    longest = int(tokens["attention_mask"].sum(1).max())
+    assert longest < models.TEXT_MAX_TOKENS  # there is padding to skip
+    mask = torch.as_tensor(tokens["attention_mask"])
+    with torch.inference_mode():  # the whole padded batch, as computed before the padding was cut
+        hidden = model(input_ids=torch.as_tensor(tokens["input_ids"]), attention_mask=mask).last_hidden_state
+        full = torch.nn.functional.normalize((hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True), dim=1)
+    assert np.allclose(models.embed_tokens(model, tokens["input_ids"], tokens["attention_mask"]), full.numpy(), atol=1e-5)
