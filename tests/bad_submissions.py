@@ -235,16 +235,15 @@ KINDS: dict[str, Kind] = {
 }
 
 
-# Each student of the test class and the kinds of mistake in their submission (applied in order).
-STUDENTS: dict[str, tuple[str, ...]] = {
-    "pipeline_exception-wrong_schema-deleted_cells-duplicated_cells": (
-        "pipeline_exception", "wrong_schema", "deleted_cells", "duplicated_cells"),
-    "out_of_memory-hard_coded-output_flood-write_outside": ("out_of_memory", "hard_coded", "output_flood", "write_outside"),
-    "gpu_without_gpu-edited_tests": ("gpu_without_gpu", "edited_tests"),
-    "faked_telemetry-empty_dataset": ("faked_telemetry", "empty_dataset"),
-    "infinite_loop-actors_left": ("infinite_loop", "actors_left"),
-    "stderr_noise-kernel_crash": ("stderr_noise", "kernel_crash"),  # a warning in one cell, then the kernel dies
-}
+# The test class: each student makes these kinds of mistake (applied in order) and is named after them.
+STUDENTS: dict[str, tuple[str, ...]] = {"-".join(kinds): kinds for kinds in [
+    ("pipeline_exception", "wrong_schema", "deleted_cells", "duplicated_cells"),
+    ("out_of_memory", "hard_coded", "output_flood", "write_outside"),
+    ("gpu_without_gpu", "edited_tests"),
+    ("faked_telemetry", "empty_dataset"),
+    ("infinite_loop", "actors_left"),
+    ("stderr_noise", "kernel_crash"),  # a warning in one cell, then the kernel dies
+]}
 assert sorted(k for kinds in STUDENTS.values() for k in kinds) == sorted(KINDS), "every kind once, in one student"
 
 
