@@ -131,10 +131,9 @@ def _name(proc: psutil.Process) -> str:
 
 
 @contextlib.contextmanager
-def two_node_cluster(env: dict | None = None):
-    """A head node and a worker node (`NODE_CPUS`), started here and stopped afterwards; nothing of
-    it may be left running. `env`: extra environment for every process of the cluster (credentials
-    that each node needs, say)."""
+def two_node_cluster():
+    """A head node and a worker node (`NODE_CPUS`), started here with this process's environment
+    and stopped afterwards; nothing of it may be left running."""
     # A short folder of its own (Ray's socket paths must stay under 108 characters) and ports of its
     # own: Ray's fixed defaults (10001 for Ray Client, 52365 for each node's agent) may be taken by
     # another Ray on this machine, or by the other node.
@@ -142,7 +141,7 @@ def two_node_cluster(env: dict | None = None):
     port = free_port()
     c = Cluster(temp_dir, port)
     assert not c.processes(), "something already uses this cluster's port or folder"
-    env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     common = [f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     head = [RAY, "start", "--head", f"--port={port}", f"--num-cpus={NODE_CPUS['head']}", "--include-dashboard=false",

@@ -251,23 +251,19 @@ def environment(**values: str):
                 os.environ[key] = value
 
 
-@dataclass
-class S3:
-    root: str  # COURSE_DATA for the course data in the bucket: s3://course-data/data?endpoint_override=...
-    env: dict[str, str]  # the credentials every reader needs (the server accepts any)
-
-
 @contextlib.contextmanager
 def s3_server():
-    """An S3-compatible server on this machine (moto's standalone server) with an empty bucket."""
+    """An S3-compatible server on this machine (moto's standalone server) with an empty bucket;
+    yields COURSE_DATA for it (s3://course-data/data?endpoint_override=...). While it runs, the
+    environment holds the credentials that every reader needs (the server accepts any), so the
+    processes started meanwhile, a Ray cluster's nodes included, can read the bucket."""
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = dict(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
     try:
-        from pyarrow import fs as pafs
+        with environment(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1"):
+            from pyarrow import fs as pafs
 
-        with environment(**env):
             s3 = pafs.S3FileSystem(allow_bucket_creation=True, endpoint_override=f"127.0.0.1:{port}", scheme="http")
             for _ in range(60):
                 try:
@@ -275,7 +271,7 @@ def s3_server():
                     break
                 except OSError:
                     time.sleep(0.5)
-        yield S3(f"s3://course-data/data?endpoint_override=127.0.0.1:{port}&scheme=http", env)
+            yield f"s3://course-data/data?endpoint_override=127.0.0.1:{port}&scheme=http"
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -25,25 +25,23 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def s3():
-    with s3_server() as server:
-        yield server
+    with s3_server() as root:
+        yield root
 
 
 @pytest.fixture(scope="module")
 def cluster(s3):
-    # Every node reads the bucket: its processes get the credentials (a real cluster's nodes get
-    # theirs from their machine's role or environment). COURSE_DATA names the endpoint.
-    with two_node_cluster(env=s3.env) as c:
+    # Started while the S3 server's credentials are in the environment: every node reads the
+    # bucket (a real cluster's nodes get theirs from their machine's role or environment).
+    with two_node_cluster() as c:
         yield c
 
 
 def test_phase1_validation_on_two_nodes_with_its_data_in_s3(cluster, s3, monkeypatch, tmp_path):
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    paths = data.prepare(root=s3.root)  # the course data, built into the bucket
+    paths = data.prepare(root=s3)  # the course data, built into the bucket
     assert paths.images.startswith("s3://course-data/data/small/images?")
-    assert data.prepare(root=s3.root) == paths  # idempotent: the manifest in S3 is found
-    monkeypatch.setenv("COURSE_DATA", s3.root)
+    assert data.prepare(root=s3) == paths  # idempotent: the manifest in S3 is found
+    monkeypatch.setenv("COURSE_DATA", s3)
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     monkeypatch.setenv("COURSE_OUTPUTS", str(tmp_path / "outputs"))
     before = set(cluster.actors())

@@ -14,11 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def s3_root(monkeypatch):
-    with s3_server() as s3:
-        for key, value in s3.env.items():
-            monkeypatch.setenv(key, value)
-        yield s3.root
+def s3_root():
+    with s3_server() as root:
+        yield root
 
 
 def test_phase2_yardsticks_read_the_reviews_from_s3(s3_root):
