@@ -1,5 +1,7 @@
 """environment.yml (conda) installs exactly what pyproject.toml declares, test extra included (as `make setup`)."""
 
+import subprocess
+import sys
 import tomllib
 
 import yaml
@@ -20,3 +22,12 @@ def test_no_deprecated_pynvml_shim():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert not [d for d in deps if d.split("=")[0].split(">")[0].strip() == "pynvml"]
     assert any(d.startswith("nvidia-ml-py") for d in deps)
+
+
+def test_importing_ray_compiles_no_grammar():
+    """Every kernel and every Ray worker imports ray, and ray imports jsonschema: jsonschema must not
+    bring rfc3987-syntax in, whose import compiles a grammar (about 1 s of CPU per process here)."""
+    code = "import sys, ray; print(sorted(m for m in ('rfc3987_syntax', 'lark') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", (f"`import ray` loaded {loaded}: keep jsonschema below 4.25 (pyproject.toml says why), "
+                            "or uninstall rfc3987-syntax from this environment")
