@@ -7,7 +7,7 @@
 A scratch course gets BENCH_STUDENTS copies of the phase's reference solution; `course grade`
 grades them once with one run at a time and once with the default parallel runs
 (`session.grading_slots`), each in a fresh course. Scores must agree; the wall times and their
-ratio are printed. Measured on 2 cores with 4 Phase 1 references: 132.6 s against 113.5 s, 1.17x.
+ratio are printed. Measured on 2 cores with 4 Phase 1 references: 87.3 s against 67.9 s, 1.28x.
 """
 
 from __future__ import annotations
