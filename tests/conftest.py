@@ -13,6 +13,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -227,28 +228,13 @@ def graded_class(root: Path, phase: str, notebook: str, on_cluster: tuple[str, .
     if on_cluster:
         from cluster import two_node_cluster
 
-        with two_node_cluster() as cluster, environment(RAY_ADDRESS=cluster.address):
+        with two_node_cluster() as cluster, mock.patch.dict(os.environ, RAY_ADDRESS=cluster.address):
             before = set(cluster.actors())
             others = sorted({"reference", "blank", *wrong} - set(on_cluster))
             nbgrader(root, "autograde", phase, "--create", f"--CourseDirectory.student_id_exclude={','.join(others)}")
             ran = cluster.actors_since(before)
     nbgrader(root, "generate_feedback", phase)
     return GradedClass(root, ran)
-
-
-@contextlib.contextmanager
-def environment(**values: str):
-    """Set environment variables (for the processes started meanwhile), then restore them."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -261,7 +247,7 @@ def s3_server():
     server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with environment(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1"):
+        with mock.patch.dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1"):
             from pyarrow import fs as pafs
 
             s3 = pafs.S3FileSystem(allow_bucket_creation=True, endpoint_override=f"127.0.0.1:{port}", scheme="http")
