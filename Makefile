@@ -18,7 +18,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export RAY_AUTH_MODE ?= disabled
 PHASES := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 
-.PHONY: help setup data workspace lab check browser test test-fast bench bench-grading release release-check collect autograde feedback grades clean
+.PHONY: help setup data workspace lab check sandbox browser test test-fast bench bench-grading bench-sandbox release release-check collect autograde feedback grades clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -41,13 +41,26 @@ workspace: $(STAMP) ## copy new notebooks from course/ into your workspace (neve
 lab: setup data workspace ## start JupyterLab on your workspace
 	$(BIN)/jupyter lab --notebook-dir=workspace --port=$(LAB_PORT) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-check: setup data ## am I done? grade your validation notebook: make check PHASE=1
+check: setup data sandbox ## am I done? grade your validation notebook: make check PHASE=1
 	$(BIN)/course check $(PHASE)
+
+# Graded notebooks run in a sandbox (graders/sandbox.py): Debian's bubblewrap and util-linux setpriv.
+# This installs bubblewrap when it is missing, as root or through `sudo -n`. It never fails: without
+# it `make check` says so in one line and grades unsandboxed; a class is graded only with --unsandboxed.
+# `make browser` runs it first (one apt-get at a time).
+sandbox: ## install Debian's bubblewrap, the grading sandbox (apt-get; warns, never fails)
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo -n"; fi; \
+		echo "Installing Debian's bubblewrap for the grading sandbox ($${sudo:+$$sudo }apt-get install -y bubblewrap) ..."; \
+		{ $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; } >/dev/null 2>&1 \
+			&& echo "bubblewrap installed: $$(command -v bwrap)" \
+			|| echo "WARNING: bubblewrap could not be installed: make check grades without a sandbox, course grade needs --unsandboxed. Fix: as root, apt-get install -y bubblewrap"; \
+	fi
 
 # tests/test_browser.py drives JupyterLab in Debian's chromium through Playwright (never
 # `playwright install`: no browser is downloaded). This installs chromium when it is missing, as
 # root or through `sudo -n`. It never fails: when it cannot, it says so and the browser test skips.
-browser: ## install Debian's chromium for the browser test (apt-get; warns, never fails)
+browser: sandbox ## install Debian's chromium for the browser test (apt-get; warns, never fails)
 	@if [ -x "$${CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
 		rm -f .artifacts/chromium-install.log; \
 	else \
@@ -87,6 +100,9 @@ bench: setup data ## benchmarks: Phase 2 (model ceiling vs naive vs reference) a
 bench-grading: setup data ## class grading only: sequential vs parallel on BENCH_STUDENTS reference submissions
 	PYTHONPATH=tests $(BIN)/python tests/bench/class_grading.py
 
+bench-sandbox: setup data sandbox ## what the grading sandbox costs a run (the same notebook, sandbox on and off)
+	$(BIN)/python tests/bench/sandbox_cost.py
+
 release: setup ## regenerate course/ from solutions/ (nbgrader generate_assignment)
 	for a in $(PHASES); do $(BIN)/nbgrader generate_assignment $$a --force --log-level=WARN || exit 1; done
 
@@ -96,7 +112,7 @@ release-check: setup ## fail if course/ differs from a fresh generation
 collect: setup ## collect submissions (zip files in downloaded/ASSIGNMENT/archive) into submitted/
 	$(BIN)/nbgrader zip_collect $(ASSIGNMENT) --force
 
-autograde: setup data ## grade a class: every submission of ASSIGNMENT (or all), parallel (WORKERS=n), feedback, CSV
+autograde: setup data sandbox ## grade a class: every submission of ASSIGNMENT (or all), parallel (WORKERS=n), feedback, CSV
 	$(BIN)/course grade $(ASSIGNMENT) $(if $(WORKERS),--workers=$(WORKERS))
 
 feedback: setup ## HTML feedback for ASSIGNMENT (hidden tests are not shown)

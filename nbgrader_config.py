@@ -44,9 +44,26 @@ c.Autograde.sanitize_preprocessors = [
 # are not run (each says why).
 c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", 900))
 c.MeasuredExecute.notebook_timeout = int(os.environ.get("COURSE_NOTEBOOK_TIMEOUT", "1800"))
+# The learner's kernel runs in the grading sandbox (graders/sandbox.py): no network, no view of the
+# solutions, the gradebook or other submissions, its own processes ended with it, a memory limit.
+# COURSE_SANDBOX=off runs it unsandboxed (make check's fallback where a sandbox cannot start).
+c.MeasuredExecute.kernel_manager_class = "graders.sandbox.SandboxedKernelManager"
 c.Execute.kernel_name = "python3"
 
 # Feedback goes to learners: strip hidden tests from it (nbgrader keeps them by default).
 # A failing hidden test still shows its readable assertion message, not its code: the error of a
 # cell with hidden tests is cut to one line (its traceback would quote the hidden lines).
 c.GenerateFeedback.preprocessors = [GetGrades, HiddenTracebacks, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+
+# Feedback and formgrader are safe to open (graders/feedback.py). Both pages are made by this
+# HTMLExporter (formgrader builds it from this file too): nbconvert's sanitize_html leaves out
+# JavaScript outputs and widgets and cleans HTML and Markdown outputs; clean_html is bleach with the
+# course's allow-list (pandas tables, images); nbgrader's templates render Markdown cells through
+# strip_files_prefix only, so that filter cleans too; SafeOutputs drops executable output types,
+# keeps only safe output metadata and caps every output (as MeasuredExecute does at autograde).
+c.HTMLExporter.sanitize_html = True
+c.HTMLExporter.filters = {
+    "clean_html": "graders.feedback.clean_html",
+    "strip_files_prefix": "graders.feedback.strip_files_prefix_and_clean",
+}
+c.HTMLExporter.preprocessors = ["graders.feedback.SafeOutputs"]

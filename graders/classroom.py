@@ -5,6 +5,13 @@
 
 What happens, and why:
 
+- **The learner's code runs in a sandbox.** Every kernel runs in `graders.sandbox`: no network,
+  no view of the solutions, the gradebook, other submissions or the config, its own processes
+  ended with it, a memory limit (the machine's memory over the parallel runs), its own user. A
+  class is not graded without it unless the instructor passes `--unsandboxed`.
+- **What no run may change is checked.** Before and after each run the class process compares
+  `solutions/`, `nbgrader_config.py`, `gradebook.db` (as it last wrote it) and `.git` with their
+  fingerprints, and stops the class with the changed paths if anything differs.
 - **Submissions are read into memory first.** Each run then gets a fresh staging course under
   `.grading/<assignment>/runs/<student>/` written from that copy, so a submission that writes
   into another student's folder cannot change what that student is graded on.
@@ -13,9 +20,13 @@ What happens, and why:
   measurement) or, on a GPU machine, its own GPU (`CUDA_VISIBLE_DEVICES`). `session.grading_slots`
   sizes the slots from the hardware.
 - **One writer to the gradebook.** nbgrader's gradebook is SQLite, which is not safe for
-  concurrent writers. Every run autogrades into a private copy of the gradebook; only this
-  process merges the result into `gradebook.db`, one student at a time, in place (a regrade
-  updates the same rows: nothing is lost or duplicated).
+  concurrent writers. Every run autogrades into a private copy of the gradebook (nbgrader's, out
+  of the sandbox's sight); only this process merges the result into `gradebook.db`, one student
+  at a time, in place (a regrade updates the same rows: nothing is lost or duplicated). Only
+  `auto_score` is taken from a run: manual scores and extra credit are the instructor's.
+- **A bad submission never stops the class.** A renamed notebook, a file that is not a notebook,
+  an empty folder: score 0, a one-line reason, a feedback page and a CSV row. Learner text is
+  printed literally (no markup) in the progress, the summary and the CSV.
 - **Nothing is left behind.** Every process of a run carries `COURSE_GRADING_RUN` in its
   environment; when the run ends (or hits the whole-notebook limit) every process still carrying
   it is stopped - kernel, Ray head, workers, actors - and the count goes in the summary.
@@ -49,10 +60,13 @@ from queue import Queue
 
 import psutil
 
+from graders import sandbox
+
 TAG = "COURSE_GRADING_RUN"
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MARGIN_S = 180  # beyond the notebook and cell limits: nbgrader's own start-up, feedback, shutdown
 MAX_SUBMISSION_MB = 50
+PROTECTED = ("solutions", "nbgrader_config.py", "gradebook.db", ".git")
 NOT_WATCHED = {".git", ".venv", ".grading", "autograded", "feedback", "data", "workspace", "__pycache__",
                ".ipynb_checkpoints", ".pytest_cache", ".artifacts"}
 
@@ -156,6 +170,31 @@ def changed(before: dict, after: dict) -> list[str]:
     return sorted(k for k, v in after.items() if before.get(k) != v) + sorted(f"{k} (deleted)" for k in before.keys() - after.keys())
 
 
+def fingerprint(root: Path) -> dict[str, str]:
+    """What no graded run may change: `solutions/`, `nbgrader_config.py`, `gradebook.db` and `.git`
+    (a content hash per file; git's objects, named by their content, by size)."""
+    seen = {}
+    for top in PROTECTED:
+        base = root / top
+        paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file() or p.is_symlink()) if base.is_dir() else []
+        for path in paths:
+            rel = str(path.relative_to(root))
+            try:
+                if path.is_symlink():
+                    seen[rel] = "link:" + os.readlink(path)
+                elif rel.startswith(".git/objects/"):
+                    seen[rel] = f"size:{path.stat().st_size}"
+                else:
+                    seen[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                continue
+    return seen
+
+
+class ClassStopped(Exception):
+    """Something no run may change changed: the class stops (the message says what)."""
+
+
 # ------------------------------------------------------------------ the gradebook
 def assignment_in_gradebook(db: Path, assignment: str) -> bool:
     from nbgrader.api import Gradebook, MissingEntry
@@ -168,6 +207,26 @@ def assignment_in_gradebook(db: Path, assignment: str) -> bool:
             return True
         except MissingEntry:
             return False
+
+
+def record_zero(main_db: Path, assignment: str, student: str) -> float:
+    """A submission that could not be graded scores 0 on every autograded cell (it stays in the
+    export, and an earlier grade does not linger). Returns the assignment's max score."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(f"sqlite:///{main_db}") as gb:
+        gb.update_or_create_student(student)
+        try:
+            sub = gb.find_submission(assignment, student)
+        except MissingEntry:
+            with gb.db.no_autoflush:
+                sub = gb.add_submission(assignment, student)
+        for nb in sub.notebooks:
+            for g in nb.grades:
+                if g.auto_score is not None or not g.needs_manual_grade:
+                    g.auto_score = 0.0
+        gb.db.commit()
+        return sub.max_score
 
 
 def merge_submission(staged_db: Path, main_db: Path, assignment: str, student: str) -> tuple[float, float]:
@@ -188,15 +247,13 @@ def merge_submission(staged_db: Path, main_db: Path, assignment: str, student: s
                 dst = main.add_submission(assignment, student)
         dst.timestamp = src.timestamp
         for nb in src.notebooks:
-            for g in nb.grades:
+            for g in nb.grades:  # only what autograding decides: manual scores and extra credit are the instructor's
                 d = main.find_grade(g.name, nb.name, assignment, student)
-                d.auto_score, d.manual_score, d.extra_credit = g.auto_score, g.manual_score, g.extra_credit
-                d.needs_manual_grade = g.needs_manual_grade
+                d.auto_score, d.needs_manual_grade = g.auto_score, g.needs_manual_grade
             for c in nb.comments:
-                d = main.find_comment(c.name, nb.name, assignment, student)
-                d.auto_comment, d.manual_comment = c.auto_comment, c.manual_comment
+                main.find_comment(c.name, nb.name, assignment, student).auto_comment = c.auto_comment
             d_nb = main.find_submission_notebook(nb.name, assignment, student)
-            d_nb.flagged, d_nb.late_submission_penalty = nb.flagged, nb.late_submission_penalty
+            d_nb.late_submission_penalty = nb.late_submission_penalty
         main.db.commit()
         return src.score, src.max_score
 
@@ -204,7 +261,7 @@ def merge_submission(staged_db: Path, main_db: Path, assignment: str, student: s
 # ------------------------------------------------------------------ the class run
 class ClassGrader:
     def __init__(self, root: Path, assignment: str, workers: int | None = None, cell_timeout: int = 900,
-                 notebook_timeout: int = 1800, console=None):
+                 notebook_timeout: int = 1800, console=None, unsandboxed: bool = False):
         from rich.console import Console
 
         from graders.session import grading_slots
@@ -214,11 +271,14 @@ class ClassGrader:
         self.journal = self.state / "journal.jsonl"
         self.slots = grading_slots(workers)
         self.cell_timeout, self.notebook_timeout = cell_timeout, notebook_timeout
+        self.unsandboxed = unsandboxed
         self.console = console or Console(stderr=False)
         self._lock = threading.Lock()  # the gradebook and the journal have one writer at a time
         self._running: set[str] = set()  # students whose runs are going on now
         self._snapshot: dict = {}
         self._suspects: dict[str, set[str]] = {}  # changed course file -> students running meanwhile
+        self._trusted: dict[str, str] = {}  # fingerprint() as this process last left it
+        self._halt: str | None = None  # why the class stopped
 
     # -- journal ----------------------------------------------------------------------------
     def finished(self) -> dict[str, dict]:
@@ -258,7 +318,9 @@ class ClassGrader:
         env = {**os.environ, TAG: tag, "COURSE_CELL_TIMEOUT": str(self.cell_timeout),
                "COURSE_NOTEBOOK_TIMEOUT": str(self.notebook_timeout), "PYTHONUNBUFFERED": "1",
                "COURSE_OUTPUTS": str(stage / "outputs"), "COURSE_GRADING_ROOT": str(self.root),
-               "COURSE_GRADING_ALLOW": str(stage),
+               "COURSE_GRADING_ALLOW": str(stage), "COURSE_SANDBOX_REPORT": str(stage / "sandbox.json"),
+               sandbox.SETTING: "off" if self.unsandboxed else "on",
+               sandbox.MEMORY: str(sandbox.default_memory() // len(self.slots)),
                "PYTHONPATH": os.pathsep.join(filter(None, [guard, os.environ.get("PYTHONPATH")])), **slot["env"]}
         cmd = ["-m", "nbgrader", *args, "--log-level=WARN"]
         if slot["cores"]:  # pin before nbgrader starts: the kernel and Ray inherit the cores
@@ -278,12 +340,17 @@ class ClassGrader:
     def grade(self, sub: Submission, slot: dict) -> Result:
         start = time.monotonic()
         tag = f"{self.state}|{sub.student}|"  # ends with "|": student s1 never matches s10
-        stage = self._stage(sub)
         result = Result(sub.student, "failed", digest=sub.digest)
+        if problem := self.not_gradable(sub):
+            result.reason = problem
+            return result
+        stage = self._stage(sub)
         limit = self.notebook_timeout + self.cell_timeout + MARGIN_S
         rc, log, killed = self._nbgrader(stage, slot, tag, "autograde", self.assignment, f"--student={sub.student}",
                                          "--create", "--force", limit=limit)
         left = stop_processes(tag)
+        report = _sandbox_report(stage / "sandbox.json")
+        left += report.get("left_running", [])
         if left:
             result.notes.append(f"{len(left)} process(es) of your run were still running after the notebook finished "
                                 f"and were stopped by the grader ({', '.join(sorted(set(left))[:5])}). "
@@ -307,6 +374,24 @@ class ClassGrader:
         result.seconds = round(time.monotonic() - start, 1)
         return result
 
+    def not_gradable(self, sub: Submission) -> str | None:
+        """Why this submission cannot be graded at all (only renamed notebooks, a file that is not a
+        notebook), in one line; None when its notebooks under their released names are readable."""
+        import nbformat
+
+        expected = sorted(p.name for p in (self.root / "solutions" / self.assignment).glob("*.ipynb"))
+        found = sorted(name for name in sub.files if name.endswith(".ipynb") and "/" not in name)
+        if not set(expected) & set(sub.files):  # nbgrader scores a missing notebook 0; none at all is a mistake
+            return (f"no notebook of {self.assignment} under its released name (expected {', '.join(expected)}; "
+                    f"found: {', '.join(found) or 'no notebook'}). Try: hand in the notebook under its released name")
+        for name in (n for n in expected if n in sub.files):
+            try:
+                nbformat.reads(sub.files[name].decode("utf-8"), as_version=4)
+            except Exception as exc:  # not JSON, not UTF-8, not a notebook
+                why = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+                return f"{name} is not a readable notebook ({why}). Try: download it again from JupyterLab (File > Download)"
+        return None
+
     def _publish(self, sub: Submission, result: Result) -> None:
         """Under the lock: the one write of this student's results into the course."""
         stage = self.state / "runs" / sub.student
@@ -319,6 +404,9 @@ class ClassGrader:
         if result.status == "graded":
             result.score, result.max_score = merge_submission(stage / "gradebook.db", self.root / "gradebook.db",
                                                               self.assignment, sub.student)
+        else:
+            result.score, result.max_score = 0.0, record_zero(self.root / "gradebook.db", self.assignment, sub.student)
+        self._trusted = fingerprint(self.root)  # the gradebook as this process left it
         if result.status != "graded":
             result.notes.insert(0, f"Your notebook could not be graded: {result.reason}")
         if result.notes:
@@ -345,10 +433,21 @@ class ClassGrader:
     # -- the class --------------------------------------------------------------------------
     def run(self, students: list[str] | None = None, fresh: bool = False) -> list[Result]:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.text import Text
 
         if not assignment_in_gradebook(self.root / "gradebook.db", self.assignment):
             raise SystemExit(f"{self.assignment} is not in {self.root / 'gradebook.db'}. Try: make release (it "
                              "records the assignment in the gradebook), then grade again.")
+        if self.unsandboxed:
+            self.console.print("WARNING: grading without the sandbox (--unsandboxed): submissions run as this user, "
+                               "with its files, processes and network.", markup=False)
+        elif why := sandbox.on_cluster():
+            raise SystemExit(f"Cannot grade a class in a sandbox here: {why}. Try: grade on one machine (unset "
+                             "RAY_ADDRESS), or pass --unsandboxed to grade on the cluster (only for submissions you trust).")
+        elif why := sandbox.unavailable():
+            raise SystemExit(f"Cannot grade a class here: the grading sandbox cannot start: {why}. Try: make setup as "
+                             "root (it installs bubblewrap), or pass --unsandboxed to grade without it (only for "
+                             "submissions you trust).")
         self.state.mkdir(parents=True, exist_ok=True)
         leftovers = stop_processes(f"{self.state}|")
         if leftovers:
@@ -357,7 +456,7 @@ class ClassGrader:
             self.journal.unlink()
         done = self.finished()
 
-        results, todo = [], []
+        results, todo, unreadable = [], [], []
         folder = self.root / "submitted"
         for path in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
             student = path.name
@@ -372,8 +471,8 @@ class ClassGrader:
                 continue
             try:
                 sub = read_submission(sub_dir, student)
-            except (ValueError, OSError) as exc:
-                results.append(Result(student, "rejected", reason=str(exc)))
+            except (ValueError, OSError) as exc:  # an empty folder, a huge one: 0, a reason, a page
+                unreadable.append(Result(student, "failed", reason=str(exc)))
                 continue
             before = done.get(student)
             if before and before.get("digest") == sub.digest and not students:
@@ -389,6 +488,11 @@ class ClassGrader:
         for slot in self.slots:
             free.put(slot)
         self._snapshot = snapshot(self.root)
+        self._trusted = fingerprint(self.root)
+        for result in unreadable:
+            with self._lock:
+                self._publish(Submission(result.student, {}, ""), result)
+            results.append(result)
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=self.console, transient=False) as progress:
@@ -396,9 +500,13 @@ class ClassGrader:
 
             def job(sub: Submission) -> Result:
                 slot = free.get()
-                task = progress.add_task(f"  {sub.student}: running on {slot['label']}", total=None)
                 with self._lock:
+                    self._check_protected(f"before {sub.student}'s run")
+                    if self._halt:
+                        free.put(slot)
+                        return Result(sub.student, "failed", reason=f"not graded: the class stopped ({self._halt})", digest=sub.digest)
                     self._running.add(sub.student)
+                task = progress.add_task(f"  {sub.student}: running on {slot['label']}", total=None)
                 try:
                     result = self.grade(sub, slot)
                 except Exception as exc:  # the class run never aborts for one student
@@ -409,14 +517,16 @@ class ClassGrader:
                 with self._lock:
                     if note := self._outside_writes(sub.student):
                         result.notes.append(note)
+                    if self._check_protected(f"while {sub.student}'s notebook ran"):
+                        result.status, result.reason = "failed", f"not graded: the class stopped ({self._halt})"
                     try:
                         self._publish(sub, result)
                     except Exception as exc:
                         result.status, result.reason = "failed", f"could not save the grades: {exc}"
                 progress.remove_task(task)
-                mark = {"graded": "[green]graded", "failed": "[red]FAILED"}.get(result.status, result.status)
+                mark = Text.assemble(*{"graded": [("graded", "green")], "failed": [("FAILED", "red")]}.get(result.status, [result.status]))
                 score = f"{result.score:g}/{result.max_score:g}" if result.score is not None else "-"
-                progress.console.print(f"{mark}[/] {sub.student:<20} {score:>8} {result.seconds:6.0f} s  {result.reason[:80]}")
+                progress.console.print(mark, Text(f"{sub.student:<20} {score:>8} {result.seconds:6.0f} s  {result.reason[:80]}"))
                 progress.advance(overall)
                 return result
 
@@ -432,7 +542,22 @@ class ClassGrader:
         results.sort(key=lambda r: r.student)
         self.write_csv(results)
         self.print_summary(results)
+        if self._halt:
+            raise ClassStopped(f"The class run stopped: {self._halt}. Nothing was merged after that. Try: restore "
+                               "those files (git status, git checkout), find out what changed them, then grade again.")
         return results
+
+    def _check_protected(self, when: str) -> bool:
+        """Under the lock: True (and the class halts) when a protected file changed since this
+        process last looked (`fingerprint`): nothing is merged or graded after that."""
+        if self._halt:
+            return True
+        now = fingerprint(self.root)
+        diff = sorted(k for k in now.keys() | self._trusted.keys() if now.get(k) != self._trusted.get(k))
+        if diff:
+            self._halt = f"{', '.join(diff[:10])} changed {when}; no graded run may change them"
+            stop_processes(f"{self.state}|")
+        return bool(diff)
 
     def write_csv(self, results: list[Result]) -> Path:
         path = self.root / f"grades-{self.assignment}.csv"
@@ -446,16 +571,25 @@ class ClassGrader:
 
     def print_summary(self, results: list[Result]) -> None:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=f"{self.assignment}: {len(results)} student(s)")
         for col in ("student", "status", "score", "time", "reason / grader notes"):
             table.add_column(col, overflow="fold")
-        for r in results:
+        for r in results:  # learner text as Text: printed literally, never read as markup
             score = f"{r.score:g} / {r.max_score:g}" if r.score is not None else "-"
-            table.add_row(r.student, r.status, score, f"{r.seconds:.0f} s", "; ".join(filter(None, [r.reason, *r.notes]))[:300])
+            table.add_row(Text(r.student), r.status, score, f"{r.seconds:.0f} s", Text("; ".join(filter(None, [r.reason, *r.notes]))[:300]))
         self.console.print(table)
         counts = {s: sum(r.status == s for r in results) for s in ("graded", "failed", "rejected")}
-        self.console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f". CSV: grades-{self.assignment}.csv")
+        self.console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f". CSV: grades-{self.assignment}.csv", markup=False)
+
+
+def _sandbox_report(path: Path) -> dict:
+    """What the sandboxed kernel's manager saw as the run ended (graders.sandbox), or {}."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _gpu_left(slot: dict, wait_s: float = 10.0) -> list[list[int]]:

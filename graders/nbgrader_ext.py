@@ -20,7 +20,11 @@ output where it loses its points, stdout where it does not):
   next cells run; past `notebook_timeout` seconds in all, the remaining cells are not run;
 - when the kernel dies (`os._exit`, a crash in native code) the cell says so, the later cells
   are not run, and autograde finishes normally (feedback and scores exist);
-- a cell's text output is cut to `max_output_chars` / `max_output_lines`, head and tail kept;
+- a cell's outputs are capped and JavaScript outputs removed (`feedback.OutputLimits`: text cut
+  to `max_output_chars` / `max_output_lines`, head and tail kept; a rich output over
+  `max_output_bytes`, or the largest ones past `max_cell_output_bytes` /
+  `max_notebook_output_bytes`, replaced by a note), so the autograded notebook that formgrader
+  shows is small and runs no script;
 - stderr in a locked test cell moves to stdout with a note: the test cells write none
   themselves, so it comes from the learner's code (a warning, a background thread) and must not
   cost the cell its points;
@@ -41,6 +45,7 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Float, Integer, List, Unicode
 
 from graders.checks import REPORT_MIME, UTILIZATION_TARGETS
+from graders.feedback import OutputLimits
 from graders.telemetry import UtilizationMonitor
 
 NOTES = "course_notes"  # cell metadata: notes from CheckSubmission, printed when the cell runs
@@ -54,14 +59,12 @@ def _stdout(text: str) -> NotebookNode:
     return NotebookNode(output_type="stream", name="stdout", text=text)
 
 
-class MeasuredExecute(Execute):
+class MeasuredExecute(OutputLimits, Execute):
     measured_cells = List(["run_pipelines"], help="grade ids of the cells that run learner pipelines").tag(config=True)
     utilization_cells = List(["accelerator_stage", "accelerator_utilization", "inference_utilization", "scoring_utilization"], help="graded cells that must publish a utilization report").tag(config=True)
     tolerance = Float(25.0, help="largest allowed gap (percentage points) between inside and outside means").tag(config=True)
     phase = Unicode("", help="targets to use; default: the assignment folder's name").tag(config=True)
     notebook_timeout = Integer(1800, help="seconds for the whole notebook; later cells are not run").tag(config=True)
-    max_output_chars = Integer(100_000, help="text output kept per cell (head and tail)").tag(config=True)
-    max_output_lines = Integer(600, help="lines of text output kept per cell (head and tail; below nbgrader's LimitOutput)").tag(config=True)
     iopub_timeout = Integer(30, help="seconds to wait for a cell's last outputs (an interrupted Ray pipeline takes a while)").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
@@ -70,6 +73,7 @@ class MeasuredExecute(Execute):
         self._unfinished = []  # cells stopped at a time limit (later NameErrors are explained by them)
         self._deadline = time.monotonic() + self.notebook_timeout if self.notebook_timeout > 0 else None
         self._limit = None
+        self.start_notebook()
         self.timeout_func = lambda cell: self._limit
         nb, resources = super().preprocess(nb, resources, km=km)
         phase = self.phase or (resources or {}).get("nbgrader", {}).get("assignment", "")
@@ -98,7 +102,7 @@ class MeasuredExecute(Execute):
             cell.outputs.append(_error("CellTimeLimit", self.error_on_timeout["evalue"] + " The kernel did not stop when interrupted."))
             self._stopped = f"cell {name} ran past its time limit and the kernel did not stop"
         self._explain(cell, name)
-        self._cap_output(cell)
+        cell.outputs = self.limit_outputs(cell.outputs)
         self._move_stderr(cell)
         notes = cell.metadata.get(NOTES, [])
         cell.outputs[:0] = [_stdout(f"[grader: {note}]\n") for note in notes]
@@ -149,26 +153,6 @@ class MeasuredExecute(Execute):
         except AttributeError:
             return ""
         return "" if code is None else f" (exit code {code})"
-
-    def _cap_output(self, cell) -> None:
-        merged = []  # consecutive stream outputs of one name as one (a loop's prints arrive one by one)
-        for out in cell.outputs:
-            if merged and out.output_type == "stream" and merged[-1].output_type == "stream" and merged[-1].name == out.name:
-                merged[-1].text += out.text
-            else:
-                merged.append(out)
-        cell.outputs = merged
-        for out in cell.outputs:
-            if out.output_type != "stream":
-                continue
-            text, lines = out.text, out.text.splitlines(keepends=True)
-            if len(text) <= self.max_output_chars and len(lines) <= self.max_output_lines:
-                continue
-            head_n, tail_n = self.max_output_lines * 2 // 3, self.max_output_lines // 6
-            head = "".join(lines[:head_n])[: self.max_output_chars * 2 // 3]
-            tail = "".join(lines[-tail_n:])[-self.max_output_chars // 6:]
-            cut = len(text) - len(head) - len(tail)
-            out.text = f"{head}\n[grader: {cut:,} characters of output cut ({len(lines):,} lines in all)]\n{tail}"
 
     def _move_stderr(self, cell) -> None:
         meta = cell.metadata.get("nbgrader", {})

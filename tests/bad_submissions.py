@@ -134,9 +134,10 @@ _telemetry.UtilizationReport.from_samples = classmethod(_fake)
 '''
 
 WRITE_OUTSIDE = '''
-# leave a note in a classmate's submission
+# leave a note in a classmate's submission (a graded run's folder is 6 folders below the course)
 import pathlib
-course = next(p for p in pathlib.Path.cwd().parents if (p / "submitted" / "reference").is_dir())
+course = pathlib.Path.cwd().parents[6]
+print("the course, seen from the notebook:", sorted(p.name for p in course.iterdir()))
 (course / "submitted" / "reference" / "01_foundation" / "from_a_classmate.txt").write_text("hello")
 '''
 
@@ -231,7 +232,7 @@ KINDS: dict[str, Kind] = {
         ("accelerator_stage",), "from outside the notebook", "utilization reports patched to say 100 %"),
     "write_outside": Kind(
         lambda nb: _append(nb, "text_pipeline", WRITE_OUTSIDE), FULL,
-        "does not let a graded notebook write outside its own folder", "a file written into a classmate's submission"),
+        "the course, seen from the notebook: ['.grading']", "a file written into a classmate's submission"),
 }
 
 

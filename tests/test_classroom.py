@@ -17,66 +17,12 @@ import time
 from html import unescape
 from pathlib import Path
 
-import nbformat
 import pytest
-from conftest import ROOT
+from probe_course import A, csv_rows, hand_in, make_course, submissions
 
 from graders import classroom
-from graders.cli import nbgrader
 
 pytestmark = pytest.mark.slow
-A = "00_probe"
-
-
-def _cell(kind, source, **nbg):
-    cell = nbformat.v4.new_code_cell(source) if kind == "code" else nbformat.v4.new_markdown_cell(source)
-    if nbg:
-        cell.metadata["nbgrader"] = {"schema_version": 3, "grade": False, "solution": False, "locked": False,
-                                     "task": False, **nbg}
-    return cell
-
-
-def probe_notebook(answer="return 2 * x"):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [
-        _cell("markdown", "Write `double(x)`."),
-        _cell("code", f"def double(x):\n    ### BEGIN SOLUTION\n    {answer}\n    ### END SOLUTION", grade_id="double", solution=True),
-        _cell("code", "assert double(3) == 6\n### BEGIN HIDDEN TESTS\nassert double(-4) == -8, 'double(-4) should be -8'\n### END HIDDEN TESTS",
-              grade_id="test_double", grade=True, locked=True, points=2),
-    ]
-    return nb
-
-
-def make_course(root: Path) -> Path:
-    shutil.copy(ROOT / "nbgrader_config.py", root)
-    (root / "solutions" / A).mkdir(parents=True)
-    nbformat.write(probe_notebook(), root / "solutions" / A / "probe.ipynb")
-    nbgrader(root, "generate_assignment", A, "--force")
-    return root
-
-
-def hand_in(root: Path, student: str, body: str) -> None:
-    nb = nbformat.read(root / "course" / A / "probe.ipynb", 4)
-    nb.cells[1].source = f"def double(x):\n{body}"
-    folder = root / "submitted" / student / A
-    folder.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, folder / "probe.ipynb")
-
-
-def submissions(root: Path) -> dict[str, float]:
-    from nbgrader.api import Gradebook
-
-    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
-        subs = gb.assignment_submissions(A)
-        assert len({s.student.id for s in subs}) == len(subs), "a student has two submissions"
-        return {s.student.id: s.score for s in subs}
-
-
-def csv_rows(root: Path) -> dict[str, dict]:
-    rows = list(csv.DictReader(open(root / f"grades-{A}.csv")))
-    assert len({r["student_id"] for r in rows}) == len(rows), "a student is listed twice"
-    return {r["student_id"]: r for r in rows}
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +33,11 @@ def graded(tmp_path_factory):
     hand_in(root, "blank", "    raise NotImplementedError()")
     # starts a process that outlives the notebook
     hand_in(root, "leaves_a_process", "    return 2 * x\nimport subprocess\n_p = subprocess.Popen(['sleep', '600'], start_new_session=True)")
-    # writes into another student's submission: Python's open() is refused by the write guard
-    # (graders/guard), a shell command goes around it and is caught by comparing the course's files
-    hand_in(root, "writes_outside", "    return 2 * x\nimport os\nfrom pathlib import Path\n"
-            "course = next(p for p in Path.cwd().parents if (p / 'submitted' / 'right').is_dir())\n"
-            "try:\n    (course / 'submitted' / 'right' / 'by-python.txt').write_text('x')\n"
-            "except PermissionError as e:\n    print('refused:', e)\n"
-            "os.system(f'echo x > {course}/submitted/right/probe-was-here.txt')")
+    # writes into another student's submission, by its absolute path: in the sandbox it is not there
+    hand_in(root, "writes_outside", "    return 2 * x\nimport os\n"
+            f"try:\n    open({str(root / 'submitted' / 'right' / 'by-python.txt')!r}, 'w').write('x')\n"
+            "except OSError as e:\n    print('refused:', e)\n"
+            f"print('shell:', os.system('echo x > {root}/submitted/right/probe-was-here.txt'))")
     (root / "submitted" / "bad id").mkdir()
     results = classroom.grade_class(root, A, workers=2, cell_timeout=60, notebook_timeout=120)
     return root, {r.student: r for r in results}
@@ -127,15 +71,40 @@ def test_no_process_of_any_run_is_left(graded):
     assert "Notes from the class grader" in page and "sleep" in page
 
 
-def test_a_write_outside_the_submission_is_reported_and_changes_no_grade(graded):
+def test_a_write_outside_the_submission_finds_nothing_there_and_changes_no_grade(graded):
     root, results = graded
-    notes = " ".join(results["writes_outside"].notes)
-    assert "submitted/right/probe-was-here.txt" in notes, results["writes_outside"]
-    assert "probe-was-here" in csv_rows(root)["writes_outside"]["grader_notes"]
-    assert submissions(root)["right"] == 2  # graded from the copy read before any run started
+    assert submissions(root)["right"] == 2
+    assert not (root / "submitted" / "right" / "by-python.txt").exists()
+    assert not (root / "submitted" / "right" / "probe-was-here.txt").exists()
+    page = unescape((root / "autograded" / "writes_outside" / A / "probe.ipynb").read_text())
+    assert "refused: [Errno 2] No such file or directory" in page, "the classmate's folder is not in the sandbox"
+    assert "shell: 512" in page  # sh: cannot create: exit status 2
+
+
+def test_unsandboxed_a_python_write_is_refused_and_a_shell_write_reported(tmp_path):
+    """--unsandboxed (where no sandbox can start): the write guard and the before/after comparison
+    of the course's files are what is left, and both still work."""
+    root = make_course(tmp_path)
+    hand_in(root, "right", "    return 2 * x")
+    hand_in(root, "writes_outside", "    return 2 * x\nimport os\n"
+            f"try:\n    open({str(root / 'submitted' / 'right' / 'by-python.txt')!r}, 'w').write('x')\n"
+            "except OSError as e:\n    print('refused:', e)\n"
+            f"os.system('echo x > {root}/submitted/right/probe-was-here.txt')")
+    results = {r.student: r for r in classroom.grade_class(root, A, workers=1, unsandboxed=True)}
+    assert "submitted/right/probe-was-here.txt" in " ".join(results["writes_outside"].notes), results["writes_outside"]
+    assert submissions(root) == {"right": 2, "writes_outside": 2}  # graded from the copy read before any run
     assert not (root / "submitted" / "right" / "by-python.txt").exists()
     page = unescape((root / "autograded" / "writes_outside" / A / "probe.ipynb").read_text())
     assert "refused: the class grader does not let a graded notebook write outside its own folder" in page
+
+
+def test_a_class_is_not_graded_unsandboxed_unless_asked(tmp_path, monkeypatch):
+    root = make_course(tmp_path)
+    hand_in(root, "right", "    return 2 * x")
+    monkeypatch.setattr(classroom.sandbox, "unavailable", lambda: "bubblewrap (bwrap) is not installed")
+    with pytest.raises(SystemExit, match="the grading sandbox cannot start: bubblewrap .* pass --unsandboxed"):
+        classroom.grade_class(root, A)
+    assert not (root / "feedback").exists()
 
 
 def test_feedback_never_shows_hidden_tests(graded):

@@ -87,3 +87,20 @@ def test_notes_from_the_submission_check_are_printed_first():
 def test_no_limits_means_none(limit):
     (cell,) = run(new_code_cell("print(1)"), timeout=limit, notebook_timeout=limit)
     assert text(cell) == "1\n"
+
+
+def test_every_output_type_is_capped_and_scripts_are_dropped():
+    """Rich outputs and errors are capped too (not only text), JavaScript never reaches the
+    autograded notebook, and image metadata that would break out of its HTML attribute goes."""
+    (cell,) = run(new_code_cell(
+        "from IPython.display import HTML, Javascript, display\n"
+        "display(Javascript('alert(1)'))\n"
+        "display(HTML('<p>' + 'x' * 3_000_000 + '</p>'))\n"
+        "display({'image/png': 'iVBORw0KGgo=', 'text/plain': 'img'}, raw=True, metadata={'width': '1 onerror=alert(1)', 'height': 40})\n"
+        "raise ValueError('v' * 300_000)"))
+    script, html, image, error = cell.outputs
+    assert "application/javascript" not in script.data and "Javascript object" in script.data["text/plain"], script.data
+    assert list(html.data) == ["text/plain"] and "this output was cut (text/html, 3.0 MB)" in html.data["text/plain"], html.data
+    assert image.data["image/png"] == "iVBORw0KGgo=" and image.metadata == {"height": 40}, image.metadata
+    assert error.ename == "ValueError" and len(error.evalue) < 100_000 and "characters of output cut" in error.evalue
+    assert len("".join(error.traceback)) < 200_000, f"the traceback is still {len(''.join(error.traceback)):,} characters"
