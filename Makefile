@@ -44,7 +44,7 @@ lab: setup data workspace ## start JupyterLab on your workspace
 check: setup data sandbox ## am I done? grade your validation notebook: make check PHASE=1
 	$(BIN)/course check $(PHASE)
 
-# Graded notebooks run in a sandbox (graders/sandbox.py): Debian's bubblewrap and util-linux setpriv.
+# Graded notebooks run in a sandbox (graders/trusted/sandbox.py): Debian's bubblewrap and util-linux setpriv.
 # This installs bubblewrap when it is missing, as root or through `sudo -n`. It never fails: without
 # it `make check` says so in one line and grades unsandboxed; a class is graded only with --unsandboxed.
 # `make browser` runs it first (one apt-get at a time).

@@ -12,7 +12,7 @@ from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 from nbgrader.converters import Autograde
 from nbgrader.preprocessors import ClearHiddenTests, DeduplicateIds, Execute, GetGrades
 
-from graders.nbgrader_ext import CheckSubmission, HiddenTracebacks, MeasuredExecute
+from graders.trusted.nbgrader_ext import CheckSubmission, HiddenTracebacks, MeasuredExecute
 
 c = get_config()  # noqa: F821  (provided by nbgrader when it loads this file)
 
@@ -44,10 +44,10 @@ c.Autograde.sanitize_preprocessors = [
 # are not run (each says why).
 c.Execute.timeout = int(os.environ.get("COURSE_CELL_TIMEOUT", 900))
 c.MeasuredExecute.notebook_timeout = int(os.environ.get("COURSE_NOTEBOOK_TIMEOUT", "1800"))
-# The learner's kernel runs in the grading sandbox (graders/sandbox.py): no network, no view of the
+# The learner's kernel runs in the grading sandbox (graders/trusted/sandbox.py): no network, no view of the
 # solutions, the gradebook or other submissions, its own processes ended with it, a memory limit.
 # COURSE_SANDBOX=off runs it unsandboxed (make check's fallback where a sandbox cannot start).
-c.MeasuredExecute.kernel_manager_class = "graders.sandbox.SandboxedKernelManager"
+c.MeasuredExecute.kernel_manager_class = "graders.trusted.sandbox.SandboxedKernelManager"
 c.Execute.kernel_name = "python3"
 
 # Feedback goes to learners: strip hidden tests from it (nbgrader keeps them by default).
@@ -55,7 +55,7 @@ c.Execute.kernel_name = "python3"
 # cell with hidden tests is cut to one line (its traceback would quote the hidden lines).
 c.GenerateFeedback.preprocessors = [GetGrades, HiddenTracebacks, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
 
-# Feedback and formgrader are safe to open (graders/feedback.py). Both pages are made by this
+# Feedback and formgrader are safe to open (graders/trusted/feedback.py). Both pages are made by this
 # HTMLExporter (formgrader builds it from this file too): nbconvert's sanitize_html leaves out
 # JavaScript outputs and widgets and cleans HTML and Markdown outputs; clean_html is bleach with the
 # course's allow-list (pandas tables, images); nbgrader's templates render Markdown cells through
@@ -63,7 +63,7 @@ c.GenerateFeedback.preprocessors = [GetGrades, HiddenTracebacks, ClearHiddenTest
 # keeps only safe output metadata and caps every output (as MeasuredExecute does at autograde).
 c.HTMLExporter.sanitize_html = True
 c.HTMLExporter.filters = {
-    "clean_html": "graders.feedback.clean_html",
-    "strip_files_prefix": "graders.feedback.strip_files_prefix_and_clean",
+    "clean_html": "graders.trusted.feedback.clean_html",
+    "strip_files_prefix": "graders.trusted.feedback.strip_files_prefix_and_clean",
 }
-c.HTMLExporter.preprocessors = ["graders.feedback.SafeOutputs"]
+c.HTMLExporter.preprocessors = ["graders.trusted.feedback.SafeOutputs"]

@@ -98,7 +98,7 @@ def expect_schema(value, expected: dict, what: str = "result") -> None:
 
 # Utilization targets per phase (mean % over the steady window of the measured device). The
 # validation notebooks read them from here, and so does the grader's outside measurement
-# (graders/nbgrader_ext.py): a notebook cannot lower them.
+# (graders/trusted/nbgrader_ext.py): a notebook cannot lower them.
 UTILIZATION_TARGETS = {
     # Phase 1 asks that the accelerator was busy, not yet saturated (that is Phase 2).
     "01_foundation": {"gpu": 5.0, "cpu": 50.0},
@@ -154,9 +154,10 @@ def expect_utilization(report, device: str, min_mean: float, min_samples: int = 
     """Utilization measured on the expected device, with enough samples, above a target mean (%).
 
     The report is also published for the grader, which measures the same run from outside the
-    kernel and compares (see graders/nbgrader_ext.py).
+    kernel and compares (see graders/trusted/nbgrader_ext.py).
     """
     publish_report(report)
+    by = f", {report.source}" if getattr(report, "source", "") else ""
     if report.device != device:
         _fail("measured device", f"'{device}'", f"'{report.device}' ({report.device_name})",
               "run the model stage on the accelerator this machine has (see gr.start()).")
@@ -164,7 +165,7 @@ def expect_utilization(report, device: str, min_mean: float, min_samples: int = 
         _fail("utilization samples", f"at least {min_samples} in the steady window",
               report.window_samples, "run the pipeline inside the monitor's with-block.")
     if report.mean is None or report.mean < min_mean:
-        _fail(f"{device.upper()} utilization (mean over the steady window)", f">= {min_mean:.0f} %",
+        _fail(f"{device.upper()} utilization (mean over the steady window{by})", f">= {min_mean:.0f} %",
               "no value" if report.mean is None else f"{report.mean:.1f} %",
               "keep the model stage busy: a stateful class with an actor pool and a larger batch_size.")
 

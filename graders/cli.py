@@ -95,7 +95,7 @@ def cmd_check(args) -> int:
     if not notebooks:
         sys.exit(f"No *_validation.ipynb in {phase_ws}. Try: make workspace")
     source = _phase_dir(ROOT / "solutions", args.phase)
-    from graders import sandbox
+    from graders.trusted import sandbox
 
     if why := sandbox.unavailable():  # your own notebook on your own machine: say so, grade anyway
         print(f"Sandbox: not available here ({why}); grading without it (make check only).")
@@ -116,7 +116,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    from graders.classroom import ClassStopped, check_student_id, grade_class
+    from graders.trusted.classroom import ClassStopped, check_student_id, grade_class
 
     root = Path(args.root).resolve()
     for student in args.student or []:

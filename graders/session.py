@@ -160,6 +160,10 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
     """
     import ray
 
+    if os.environ.get("COURSE_GRADER") == "1" and not os.environ.get("RAY_ADDRESS"):
+        # The grader's own kernel (graders/trusted/nbgrader_ext.py) grades results, it runs no pipeline:
+        # the resources a run gets on this machine, sized as below, without starting Ray.
+        return plan_resources(int(os.environ.get("COURSE_CPUS", max(2, _usable_cpus()))), _local_gpu_count())
     quiet = is_grading() if quiet is None else quiet
     progress = (not quiet) if progress is None else progress
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no auth-token warning on a local Ray

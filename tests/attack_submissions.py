@@ -4,9 +4,9 @@ Each `Attack` is the body of the probe assignment's `double(x)` (tests/probe_cou
 `double(3) == 6` visible, `double(-4) == -8` hidden) followed by the attacking code, or a whole
 folder (`files`) for submissions that are not notebooks. `{course}` in the code is the course's
 absolute path: the attacker knows the layout. `score` is what an honest grader gives: the
-answer's worth, whatever the attack did. `fixed_by` names the part of issue 17 that makes the
-grade honest; "trusted tests" (graded cells run outside the learner's kernel) is not built yet,
-and its attacks are expected to fail until it is (tests/test_attacks.py marks them so).
+answer's worth, whatever the attack did. The attacks on the test cells themselves (IPython hooks
+that clear errors or print hidden tests, patched checks) need a validation whose tests run in the
+grader's own kernel: they are Phase 1 kinds in tests/bad_submissions.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ class Attack:
     body: str  # double's body, then the attack (top-level code of the same cell)
     score: float  # the honest score (of 2)
     about: str
-    fixed_by: str = "sandbox"
     extra_cells: tuple = ()
     files: dict | None = None  # instead of a notebook: relative path -> bytes ({}: an empty folder)
 
@@ -100,20 +99,6 @@ display(HTML("<p>" + "x" * 30_000_000 + "</p>"))
 
 MARKUP_ERROR = '    raise ValueError("[/] [bold red]not markup[/] [link=file:///etc/passwd]x[/link]")\n'
 
-SWALLOW_ERRORS = '''
-ip = get_ipython()
-ip.set_custom_exc((BaseException,), lambda self, etype, value, tb, tb_offset=None: None)
-
-def _clear(result):
-    result.error_in_exec = result.error_before_exec = None
-
-ip.events.register("post_run_cell", _clear)
-'''
-
-PRINT_HIDDEN_TESTS = '''
-get_ipython().events.register("pre_run_cell", lambda info: print(info.raw_cell))
-'''
-
 ATTACKS: dict[str, Attack] = {
     "reads_solutions": Attack(BLANK + READ_EVERYTHING, 0, "reads the solutions and every grade, runs the reference answer"),
     "writes_gradebook": Attack(RIGHT + WRITE_GRADEBOOK, 2, "sets extra credit and zeroes classmates with sqlite3"),
@@ -123,9 +108,6 @@ ATTACKS: dict[str, Attack] = {
                              extra_cells=(nbformat.v4.new_markdown_cell(INJECT_MARKDOWN),)),
     "huge_output": Attack(RIGHT + HUGE, 2, "a 30 MB rich output"),
     "markup_error": Attack(MARKUP_ERROR, 0, "an exception whose text is rich markup"),
-    "swallows_errors": Attack(BLANK + SWALLOW_ERRORS, 0, "a hook that clears every cell's error", fixed_by="trusted tests"),
-    "prints_hidden_tests": Attack(RIGHT + PRINT_HIDDEN_TESTS, 2, "a hook that prints each later cell's source",
-                                  fixed_by="trusted tests"),
     "renamed_notebook": Attack("", 0, "the notebook handed in under another name",
                                files={"probe-Copy1.ipynb": None}),  # None: the right answer, renamed
     "not_a_notebook": Attack("", 0, "a file that is not valid JSON", files={"probe.ipynb": b'{"cells": [oops'}),

@@ -9,7 +9,7 @@ change to the validation breaks the fixture loudly instead of silently testing n
 `FULL` none, `ZERO` all of them.
 
 A class hands in `STUDENTS`: each student makes two to four of these mistakes at once, in
-different cells, so the class is 6 notebook runs instead of 16 (each run costs a kernel, a Ray and
+different cells, so the class is 6 notebook runs instead of 18 (each run costs a kernel, a Ray and
 the model). Every kind must still get its own score and reason there: the student's expected
 score is the union of its kinds' zeros, and the pairs are chosen so that a grader that gave up
 after the first error would fail (a mistake that zeroes the image cells goes with one that zeroes
@@ -133,6 +133,28 @@ def _fake(cls, samples, device_info=None, interval=0.1):
 _telemetry.UtilizationReport.from_samples = classmethod(_fake)
 '''
 
+# IPython hooks in the learner's kernel: every error cleared, every later cell's source printed (the
+# hidden tests among them, when the tests ran there).
+ERROR_HOOKS = '''
+_ip = get_ipython()
+_ip.set_custom_exc((BaseException,), lambda self, etype, value, tb, tb_offset=None: None)
+
+def _clear(result):
+    result.error_in_exec = result.error_before_exec = None
+
+_ip.events.register("post_run_cell", _clear)
+_ip.events.register("pre_run_cell", lambda info: print(info.raw_cell))
+'''
+
+# The checks and numpy's comparison replaced by ones that always pass.
+PATCHED_CHECKS = '''
+import graders.checks as _checks
+_nothing = lambda *args, **kwargs: None
+gr.expect_count = gr.expect_schema = gr.expect_utilization = _nothing
+_checks.expect_count = _checks.expect_schema = _checks.expect_utilization = _checks._fail = _nothing
+np.allclose = lambda *args, **kwargs: True
+'''
+
 WRITE_OUTSIDE = '''
 # leave a note in a classmate's submission (a graded run's folder is 6 folders below the course)
 import pathlib
@@ -230,6 +252,12 @@ KINDS: dict[str, Kind] = {
         _chain(lambda nb: _append(nb, "image_pipeline", FAKE_TELEMETRY),
                _edit("image_pipeline", "    def preprocess(batch):\n", "    def preprocess(batch):\n        _time.sleep(3)\n")),
         ("accelerator_stage",), "from outside the notebook", "utilization reports patched to say 100 %"),
+    "error_hooks": Kind(
+        lambda nb: _append(nb, "image_pipeline", ERROR_HOOKS), FULL, "asks for num_gpus=1 per task/actor",
+        "IPython hooks that clear every error and print every cell (the error they would hide still shows)"),
+    "patched_checks": Kind(
+        lambda nb: _append(nb, "image_pipeline", PATCHED_CHECKS), FULL, "text records: expected exactly 240, found 0",
+        "the checks and np.allclose patched to always pass (the check they would pass still fails)"),
     "write_outside": Kind(
         lambda nb: _append(nb, "text_pipeline", WRITE_OUTSIDE), FULL,
         "the course, seen from the notebook: ['.grading']", "a file written into a classmate's submission"),
@@ -240,8 +268,8 @@ KINDS: dict[str, Kind] = {
 STUDENTS: dict[str, tuple[str, ...]] = {"-".join(kinds): kinds for kinds in [
     ("pipeline_exception", "wrong_schema", "deleted_cells", "duplicated_cells"),
     ("out_of_memory", "hard_coded", "output_flood", "write_outside"),
-    ("gpu_without_gpu", "edited_tests"),
-    ("faked_telemetry", "empty_dataset"),
+    ("gpu_without_gpu", "edited_tests", "error_hooks"),  # the hooks would clear both mistakes' errors
+    ("faked_telemetry", "empty_dataset", "patched_checks"),  # the patches would pass both mistakes' checks
     ("infinite_loop", "actors_left"),
     ("stderr_noise", "kernel_crash"),  # a warning in one cell, then the kernel dies
 ]}

@@ -286,7 +286,7 @@ def solution_cell(nb, grade_id: str):
 
 def no_stderr_in_graded_cells(nb) -> None:
     """nbgrader scores a test cell 0 for any stderr: the reference must write none (also none that
-    the grader moved to stdout because it came from learner code, see graders.nbgrader_ext)."""
+    the grader moved to stdout because it came from learner code, see graders.trusted.nbgrader_ext)."""
     for cell in nb.cells:
         if cell.metadata.get("nbgrader", {}).get("grade"):
             streams = [o for o in cell.outputs if o.output_type == "stream"]

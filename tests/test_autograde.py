@@ -1,8 +1,8 @@
 """Phase 1 graded as an instructor grades a class: `course grade` (parallel runs, real nbgrader).
 
 One class: the reference, the blank release, and the students of `bad_submissions.STUDENTS`, who
-make between them every kind of mistake in `bad_submissions.KINDS` (16 kinds, two to four per
-student, including a wrong schema and faked utilization). The run must finish; each kind gets the
+make between them every kind of mistake in `bad_submissions.KINDS` (18 kinds, two to four per
+student, including a wrong schema, faked utilization and hooks that attack the test cells). The run must finish; each kind gets the
 expected score per graded cell and a readable reason in its student's feedback;
 no feedback shows hidden tests; every student is in the class CSV and in nbgrader's export; and
 nothing of any run is left running.
@@ -22,7 +22,7 @@ from bad_submissions import KINDS, STUDENTS, VALIDATION
 from conftest import SCORES, cell_scores, class_submissions, expect_full_marks_without_stderr, expect_zero_everywhere
 from conftest import graded_outputs
 
-from graders import classroom
+from graders.trusted import classroom
 from graders.cli import nbgrader
 
 pytestmark = pytest.mark.slow
@@ -65,11 +65,24 @@ def test_reference_full_marks_without_stderr_and_blank_zero(course):
     assert "[grader:" not in feedback(course, "reference")
 
 
-def test_faked_utilization_is_caught_only_by_the_outside_measurement(course):
+def test_faked_utilization_is_caught_by_the_graders_own_measurement(course):
+    """The test cell runs in the grader's kernel, on the utilization the grader measured: the
+    notebook's patched report never reaches it."""
     nb = nbformat.read(course / "autograded" / bad_submissions.student_of("faked_telemetry") / PHASE / f"{VALIDATION}.ipynb", 4)
     errors = [o for o in graded_outputs(nb, "accelerator_stage") if o.output_type == "error"]
-    assert [e.ename for e in errors] == ["OutsideMeasurement"], "the in-kernel check was fooled; only the outside one may fail"
-    assert "from outside the notebook" in errors[0].evalue, errors[0].evalue
+    assert [e.ename for e in errors] == ["CheckFailed"], errors
+    assert "measured by the grader from outside the notebook" in errors[0].evalue, errors[0].evalue
+
+
+def test_hooks_and_patches_in_the_learners_kernel_change_no_test(course):
+    """The test cells never run in the learner's kernel: its IPython hooks (clear every error,
+    print every cell's source) and its patched checks do nothing to them."""
+    for kind in ("error_hooks", "patched_checks"):
+        nb = nbformat.read(course / "autograded" / bad_submissions.student_of(kind) / PHASE / f"{VALIDATION}.ipynb", 4)
+        for gid in bad_submissions.zero(bad_submissions.student_of(kind)):
+            assert any(o.output_type == "error" for o in graded_outputs(nb, gid)), (kind, gid)
+    page = feedback(course, bad_submissions.student_of("error_hooks"))
+    assert "_cat_labels" not in page and "_truth" not in page, "a hidden test reached the feedback"
 
 
 def test_no_classmate_file_was_written_and_nothing_is_left_running(course):

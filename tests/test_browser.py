@@ -32,7 +32,7 @@ import psutil
 import pytest
 from conftest import BROWSER, ROOT, jupyter_lab, solved
 
-from graders.classroom import tagged_processes
+from graders.trusted.classroom import tagged_processes
 
 pytestmark = pytest.mark.slow
 

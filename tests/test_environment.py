@@ -31,3 +31,12 @@ def test_importing_ray_compiles_no_grammar():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]", (f"`import ray` loaded {loaded}: keep jsonschema below 4.25 (pyproject.toml says why), "
                             "or uninstall rfc3987-syntax from this environment")
+
+
+def test_the_kit_a_notebook_imports_never_imports_the_grader():
+    """graders/trusted/ is the grader's side: `import graders` and what a validation's setup and run
+    cells use load none of it."""
+    code = ("import sys, graders, graders.grading, graders.perf, graders.registry, graders.exercises; "
+            "print(sorted(m for m in sys.modules if m.startswith('graders.trusted')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", f"the kit imported the grader: {loaded}"

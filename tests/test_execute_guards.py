@@ -10,7 +10,7 @@ import time
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from graders.nbgrader_ext import NOTES, MeasuredExecute
+from graders.trusted.nbgrader_ext import NOTES, MeasuredExecute
 
 
 def graded(source: str, gid: str, **meta):

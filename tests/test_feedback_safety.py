@@ -31,8 +31,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from conftest import ROOT
 from graders.cli import nbgrader
-from graders.feedback import OutputLimits, clean_html
-from graders.nbgrader_ext import MeasuredExecute
+from graders.trusted.feedback import OutputLimits, clean_html
+from graders.trusted.nbgrader_ext import MeasuredExecute
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAQAAAAECAIAAAAmkwkpAAAAEElEQVR4nGP4z8AARwzEcQCukw/x0F8jngAAAABJRU5ErkJggg=="  # 4x4 red
 CONTROL = """

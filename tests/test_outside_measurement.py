@@ -3,7 +3,7 @@
 import pytest
 
 from graders.checks import UTILIZATION_TARGETS
-from graders.nbgrader_ext import MeasuredExecute
+from graders.trusted.nbgrader_ext import MeasuredExecute
 from graders.telemetry import UtilizationReport
 
 
@@ -46,7 +46,7 @@ def test_a_cell_that_hides_its_report_loses_its_points(execute):
     cell = new_code_cell("gr.expect_utilization(...)")
     cell.metadata["nbgrader"] = {"grade_id": "accelerator_stage", "grade": True}
     nb = new_notebook(cells=[cell])
-    execute.cross_check(nb, {"cpu": 50.0})
+    execute.cross_check(nb.cells, {"cpu": 50.0})
     assert [o.ename for o in cell.outputs] == ["OutsideMeasurement"]
     assert "did not publish its utilization report" in cell.outputs[0].evalue
 
@@ -54,7 +54,7 @@ def test_a_cell_that_hides_its_report_loses_its_points(execute):
 def test_feedback_cuts_the_traceback_of_a_cell_with_hidden_tests_to_one_line():
     from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-    from graders.nbgrader_ext import HiddenTracebacks
+    from graders.trusted.nbgrader_ext import HiddenTracebacks
 
     error = dict(ename="AssertionError", evalue="a hidden window: expected drift", traceback=["  _seed = 2103  # hidden line"])
     hidden = new_code_cell("visible()\n### BEGIN HIDDEN TESTS\n_seed = 2103\n### END HIDDEN TESTS", outputs=[new_output("error", **error)])

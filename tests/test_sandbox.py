@@ -1,4 +1,4 @@
-"""The grading sandbox (graders/sandbox.py), process by process: what code inside it can see, write,
+"""The grading sandbox (graders/trusted/sandbox.py), process by process: what code inside it can see, write,
 reach and leave behind. Plain processes, no kernel: seconds. (tests/test_attacks.py grades whole
 attacking submissions through it.)"""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from graders import sandbox
+from graders.trusted import sandbox
 
 
 @pytest.fixture(scope="module", autouse=True)

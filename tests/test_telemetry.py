@@ -309,7 +309,7 @@ class _FakeNvml:
 
 
 def test_gpu_processes_are_read_per_visible_gpu(monkeypatch):
-    from graders import classroom
+    from graders.trusted import classroom
 
     nvml = _FakeNvml()
     monkeypatch.setitem(sys.modules, "pynvml", nvml)

@@ -36,7 +36,7 @@ def course_with_references(root: Path, phase: str, students: int) -> None:
 
 
 def timed(phase: str, students: int, workers: int | None) -> tuple[float, dict, int]:
-    from graders.classroom import ClassGrader
+    from graders.trusted.classroom import ClassGrader
 
     with tempfile.TemporaryDirectory(prefix="bench-class-") as tmp:
         course_with_references(Path(tmp), phase, students)

@@ -26,7 +26,8 @@ import nbformat
 from bad_submissions import KINDS, PHASE, VALIDATION
 from conftest import class_submissions, graded_outputs
 
-from graders import classroom, session
+from graders import session
+from graders.trusted import classroom
 from graders.telemetry import gpu_processes, nvml_devices
 
 STUDENTS = ("faked_telemetry", "actors_left")
@@ -80,11 +81,11 @@ def main(work: Path) -> int:
         errors = [f"{o.ename}: {o.evalue}" for o in outs if o.output_type == "error"]
         print(f"{name} accelerator_stage printed: {text[-300:]}\n  errors: {errors}")
         if name == "faked_telemetry":
-            check([e.split(":")[0] for e in errors] == ["OutsideMeasurement"],
-                  "faked report: only the outside measurement fails it")
+            check(len(errors) == 1 and "measured by the grader from outside the notebook" in errors[0],
+                  "faked report: the test cell, in the grader's own kernel, fails it on the grader's measurement")
             check("GPU" in " ".join(errors), "the outside measurement that caught it was of the GPU", gpu_only=True)
         else:
-            check(not errors, "reference: the outside measurement agrees")
+            check(not errors, "reference: the grader's measurement meets the target")
     check(len(slots) <= len(gpus), f"at most one run per GPU ({len(slots)} slots, {len(gpus)} GPUs)", gpu_only=True)
     check(all(not r.gpu_after for r in results), "after every run, nothing held memory on its GPU (NVML)")
     most = max((len(p) for _, p in held), default=0)

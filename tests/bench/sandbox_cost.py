@@ -16,7 +16,7 @@ import time
 import nbformat
 from nbclient import NotebookClient
 
-from graders import sandbox
+from graders.trusted import sandbox
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 CELLS = [

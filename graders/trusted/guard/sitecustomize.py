@@ -8,7 +8,7 @@ solutions stay untouched, and the learner sees why in the cell that tried. Write
 for Ray, caches in $HOME) are not its business.
 
 An audit hook cannot be removed once added, but it only sees Python's own file calls: a shell
-command or native code goes around it. `graders.classroom` therefore also compares the course's
+command or native code goes around it. `graders.trusted.classroom` therefore also compares the course's
 files before and after each run. Real isolation is one container per submission (README).
 """
 

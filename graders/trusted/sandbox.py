@@ -40,8 +40,11 @@ from jupyter_client.manager import AsyncKernelManager
 UID = 65534  # nobody: the learner's code never runs as the grading user
 SETTING = "COURSE_SANDBOX"  # "on" (default: refuse to run unsandboxed) or "off" (make check's fallback)
 MEMORY = "COURSE_SANDBOX_MEMORY"  # bytes for a run's cgroup; default: the machine's memory / 2
+# The kernel itself, and multiprocessing's resource tracker (the utilization monitor's helper,
+# which ends with the kernel): not "left running" by the learner.
+OURS = ("ipykernel_launcher", "multiprocessing.resource_tracker")
 PIDS_MAX = 32768  # tasks (threads count) in a run: far above Ray's needs, far below a fork bomb's
-KIT = Path(__file__).resolve().parent
+KIT = Path(__file__).resolve().parents[1]  # the course kit, graders/ (this file is in graders/trusted/)
 CGROUP_V1 = Path("/sys/fs/cgroup")
 GROUP = "course-grading"
 
@@ -299,8 +302,8 @@ class SandboxedKernelManager(AsyncKernelManager):
                 try:
                     proc = psutil.Process(pid)
                     cmd = " ".join(proc.cmdline())
-                    if proc.name() not in ("bwrap", "setpriv", "sh") and "ipykernel_launcher" not in cmd:
-                        names.append(proc.name())
+                    if proc.name() not in ("bwrap", "setpriv", "sh") and not any(m in cmd for m in OURS):
+                        names.append(f"{proc.name()} ({cmd[:80]})")
                 except psutil.Error:
                     continue
             return names

@@ -5,7 +5,7 @@
 
 What happens, and why:
 
-- **The learner's code runs in a sandbox.** Every kernel runs in `graders.sandbox`: no network,
+- **The learner's code runs in a sandbox.** Every kernel runs in `graders.trusted.sandbox`: no network,
   no view of the solutions, the gradebook, other submissions or the config, its own processes
   ended with it, a memory limit (the machine's memory over the parallel runs), its own user. A
   class is not graded without it unless the instructor passes `--unsandboxed`.
@@ -34,7 +34,7 @@ What happens, and why:
   grades are committed; starting again skips them (unless their submission changed, or with
   `--fresh`), first stopping what the killed run left behind.
 - **Time limits.** Per cell and per notebook, enforced inside nbgrader's execute step
-  (`graders.nbgrader_ext`); a run that outlives both by `MARGIN_S` is killed.
+  (`graders.trusted.nbgrader_ext`); a run that outlives both by `MARGIN_S` is killed.
 
 Results: `autograded/`, `feedback/` and `gradebook.db` as `nbgrader autograde` and
 `generate_feedback` leave them, plus `grades-<assignment>.csv` with every student (graded,
@@ -60,7 +60,7 @@ from queue import Queue
 
 import psutil
 
-from graders import sandbox
+from graders.trusted import sandbox
 
 TAG = "COURSE_GRADING_RUN"
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -585,7 +585,7 @@ class ClassGrader:
 
 
 def _sandbox_report(path: Path) -> dict:
-    """What the sandboxed kernel's manager saw as the run ended (graders.sandbox), or {}."""
+    """What the sandboxed kernel's manager saw as the run ended (graders.trusted.sandbox), or {}."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

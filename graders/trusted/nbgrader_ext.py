@@ -34,6 +34,7 @@ output where it loses its points, stdout where it does not):
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -45,8 +46,8 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Float, Integer, List, Unicode
 
 from graders.checks import REPORT_MIME, UTILIZATION_TARGETS
-from graders.feedback import OutputLimits
 from graders.telemetry import UtilizationMonitor
+from graders.trusted.feedback import OutputLimits
 
 NOTES = "course_notes"  # cell metadata: notes from CheckSubmission, printed when the cell runs
 
@@ -66,8 +67,14 @@ class MeasuredExecute(OutputLimits, Execute):
     phase = Unicode("", help="targets to use; default: the assignment folder's name").tag(config=True)
     notebook_timeout = Integer(1800, help="seconds for the whole notebook; later cells are not run").tag(config=True)
     iopub_timeout = Integer(30, help="seconds to wait for a cell's last outputs (an interrupted Ray pipeline takes a while)").tag(config=True)
+    trusted_tests = List(["01_foundation", "02_advanced_processing"],
+                         help="assignments whose graded test cells run in the grader's own kernel, never the learner's").tag(config=True)
+    setup_cell = Unicode("setup", help="grade id of the locked setup cell the grader's kernel runs first").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
+        phase = self.phase or (resources or {}).get("nbgrader", {}).get("assignment", "")
+        self._trusted = phase in self.trusted_tests
+        self._deferred = []  # test cells kept for the grader's kernel
         self._outside = None
         self._stopped = None  # why the remaining cells are not run
         self._unfinished = []  # cells stopped at a time limit (later NameErrors are explained by them)
@@ -75,12 +82,71 @@ class MeasuredExecute(OutputLimits, Execute):
         self._limit = None
         self.start_notebook()
         self.timeout_func = lambda cell: self._limit
-        nb, resources = super().preprocess(nb, resources, km=km)
-        phase = self.phase or (resources or {}).get("nbgrader", {}).get("assignment", "")
-        self.cross_check(nb, UTILIZATION_TARGETS.get(phase, {}))
+        nb, resources = super().preprocess(nb, resources, km=km)  # the learner's kernel is shut down here
+        if self._deferred:
+            self.grade_in_own_kernel(nb, resources)
+        graded_here = {id(c) for c in self._deferred}  # their reports are the grader's own measurement
+        self.cross_check([c for c in nb.cells if id(c) not in graded_here], UTILIZATION_TARGETS.get(phase, {}))
         return nb, resources
 
+    def grade_in_own_kernel(self, nb, resources) -> None:
+        """Run the deferred test cells in a fresh kernel of the grader's that the learner's code
+        never touched: it runs the locked setup cell, reads the results the run cells published
+        (`graders.grading.publish`) and the grader's own utilization measurement, then the tests."""
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        run = Path((resources or {}).get("metadata", {}).get("path") or ".")
+        own = Path(tempfile.mkdtemp(prefix="course-grader-"))
+        try:
+            if (run / "results").is_dir():
+                shutil.copytree(run / "results", own / "results", symlinks=True)
+            report = None
+            if self._outside is not None:
+                report = str(own / "outside_report.json")
+                Path(report).write_text(json.dumps(self._outside.to_dict(timeline=True)))
+            setup = next((c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == self.setup_cell), "")
+            expected, measured = _published(nb.cells, self.measured_cells)
+            preamble = NotebookNode(cell_type="code", metadata={}, outputs=[], execution_count=None, source="\n".join([
+                "import os", 'os.environ["COURSE_GRADER"] = "1"', setup,
+                "from graders.grading import load_results as _load_results",
+                f"globals().update(_load_results({str(own / 'results')!r}, {expected!r}, {report!r}, {measured!r}, "
+                f"{self._unfinished!r}))"]))
+            cells = [preamble, *self._deferred]
+            grader = GraderExecute(config=self.config, parent=self.parent, kernel_name=self.kernel_name)
+            grader.deadline = self._deadline
+            report_to = os.environ.pop("COURSE_SANDBOX_REPORT", None)  # the sandbox report is the learner's run's
+            try:
+                grader.preprocess(NotebookNode(cells=cells, metadata=nb.metadata, nbformat=nb.nbformat,
+                                               nbformat_minor=nb.nbformat_minor), {"metadata": {"path": str(own)}})
+            finally:
+                if report_to:
+                    os.environ["COURSE_SANDBOX_REPORT"] = report_to
+        finally:
+            shutil.rmtree(own, ignore_errors=True)
+
     def preprocess_cell(self, cell, resources, index):
+        cell, resources = self._run_cell(cell, resources, index)
+        if self._trusted and index == len(self.nb.cells) - 1 and not self._stopped:
+            self._hand_over()
+        return cell, resources
+
+    def _hand_over(self) -> None:
+        """The learner's pass is over and its kernel still runs: publish once more whatever exists
+        of what the run cells publish (a run cell stopped at its time limit never reached its own
+        `publish`, but the runs before the stop are there)."""
+        names = _published(self.nb.cells, self.measured_cells)[0]
+        code = ("__import__('graders.grading').grading.publish("
+                f"**{{k: v for k, v in globals().items() if k in {names!r}}})")
+        self._limit = 120
+        try:
+            self.execute_cell(NotebookNode(cell_type="code", source=code, metadata={}, outputs=[], execution_count=None),
+                              len(self.nb.cells), store_history=False)
+        except Exception as exc:  # the learner's kernel: whatever happens there, the grader goes on
+            self.log.warning("Handing the results over failed: %s", exc)
+
+    def _run_cell(self, cell, resources, index):
         if cell.cell_type != "code" or not cell.source.strip():
             return cell, resources
         name = cell.metadata.get("nbgrader", {}).get("grade_id") or f"number {index + 1}"
@@ -89,6 +155,10 @@ class MeasuredExecute(OutputLimits, Execute):
             self._stopped = f"the notebook ran past its time limit of {self.notebook_timeout} s before this cell"
         if self._stopped:
             cell.outputs = [_error("NotRun", f"this cell was not run: {self._stopped}")]
+            return cell, resources
+        if self._trusted and _is_test(cell):  # graded by the grader's own kernel, afterwards
+            cell.outputs, cell.execution_count = [], None
+            self._deferred.append(cell)
             return cell, resources
         self._set_limit(left)
         try:
@@ -163,8 +233,8 @@ class MeasuredExecute(OutputLimits, Execute):
                 out.name = "stdout"
                 out.text = "[grader: stderr from your code while this test ran (not from the test; no points lost):]\n" + out.text
 
-    def cross_check(self, nb, targets: dict) -> None:
-        for cell in nb.cells:
+    def cross_check(self, cells, targets: dict) -> None:
+        for cell in cells:
             reports = [o["data"][REPORT_MIME] for o in cell.get("outputs", []) if REPORT_MIME in o.get("data", {})]
             gid = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
             if any(o.get("ename") == "NotRun" for o in cell.get("outputs", [])):
@@ -192,6 +262,50 @@ class MeasuredExecute(OutputLimits, Execute):
             return (f"the notebook reported {device.upper()} utilization {said} but the grader measured "
                     f"{outside.mean:.0f} % from outside the notebook (allowed gap {self.tolerance:.0f} points)")
         return None
+
+
+class GraderExecute(MeasuredExecute):
+    """The grader's own kernel: the setup preamble (cell 0), then the test cells, with the same
+    limits, caps and notes as the learner's. A failed preamble fails every test with its reason."""
+
+    deadline = None
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._trusted, self._deferred, self._outside = False, [], None
+        self._stopped, self._unfinished, self._limit = None, [], None
+        self._deadline = self.deadline
+        self.start_notebook()
+        self.timeout_func = lambda cell: self._limit
+        return Execute.preprocess(self, nb, resources, km=km)
+
+    def preprocess_cell(self, cell, resources, index):
+        cell, resources = super().preprocess_cell(cell, resources, index)
+        if index == 0 and not self._stopped:
+            errors = [o for o in cell.outputs if o.output_type == "error"]
+            if errors:
+                self._stopped = f"the grader could not read this notebook's results: {errors[0].ename}: {errors[0].evalue}"
+        return cell, resources
+
+
+def _is_test(cell) -> bool:
+    meta = cell.metadata.get("nbgrader", {})
+    return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
+
+
+def _published(cells, measured_cells) -> tuple[list[str], list[str]]:
+    """Names the locked cells hand to the grader with `publish(name=...)`, and those of them that
+    the measured cells publish (they get the grader's own utilization report)."""
+    names, measured = [], []
+    for cell in cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type != "code" or not meta.get("locked") or meta.get("grade"):
+            continue
+        for call in re.findall(r"publish\(([^)]*)\)", cell.source):
+            found = re.findall(r"(\w+)\s*=", call)
+            names += found
+            if meta.get("grade_id") in measured_cells:
+                measured += found
+    return names, measured
 
 
 class CheckSubmission(NbGraderPreprocessor):
