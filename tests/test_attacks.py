@@ -116,6 +116,8 @@ def test_a_detached_daemon_with_a_cleared_environment_dies_with_its_run(attacked
     left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"]) if DAEMON_MARK in " ".join(p.info["cmdline"] or [])]
     assert left == []
     assert classroom.tagged_processes(str(attacked[0])) == []
+    notes = " ".join(attacked[1]["detached_daemon"].notes)
+    assert "still running after the notebook finished" in notes and "sh (sh -c while true" in notes, notes
 
 
 class ActiveContent(HTMLParser):

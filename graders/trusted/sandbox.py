@@ -302,7 +302,7 @@ class SandboxedKernelManager(AsyncKernelManager):
                 try:
                     proc = psutil.Process(pid)
                     cmd = " ".join(proc.cmdline())
-                    if proc.name() not in ("bwrap", "setpriv", "sh") and not any(m in cmd for m in OURS):
+                    if proc.name() != "bwrap" and not any(m in cmd for m in OURS):
                         names.append(f"{proc.name()} ({cmd[:80]})")
                 except psutil.Error:
                     continue
