@@ -104,3 +104,29 @@ def test_every_output_type_is_capped_and_scripts_are_dropped():
     assert image.data["image/png"] == "iVBORw0KGgo=" and image.metadata == {"height": 40}, image.metadata
     assert error.ename == "ValueError" and len(error.evalue) < 100_000 and "characters of output cut" in error.evalue
     assert len("".join(error.traceback)) < 200_000, f"the traceback is still {len(''.join(error.traceback)):,} characters"
+
+
+def test_trusted_tests_run_in_a_fresh_kernel_on_the_published_results(tmp_path, monkeypatch):
+    """For a phase in `trusted_tests` the learner's kernel runs setup, solution and run cells; a
+    fresh kernel of the grader's runs the test cell on what the run cell published. A hook in the
+    learner's kernel that clears every error changes nothing there."""
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")  # publish writes only under autograde
+
+    def locked(source, gid):
+        cell = new_code_cell(source)
+        cell.metadata["nbgrader"] = {"grade_id": gid, "grade": False, "locked": True, "solution": False}
+        return cell
+
+    cells = [
+        locked("import os\nimport graders as gr\nfrom graders.grading import StepRun", "setup"),
+        new_code_cell("answer = 41\nHOOKED = True\n"
+                      "get_ipython().events.register('post_run_cell', lambda r: setattr(r, 'error_in_exec', None))"),
+        locked("run = StepRun('answer', result={'value': answer, 'pid': os.getpid()})\ngr.grading.publish(run=run)",
+               "run_pipelines"),
+        graded("print('fresh kernel:', 'HOOKED' not in globals() and os.getpid() != run.value()['pid'])\n"
+               "assert run.value()['value'] == 42, 'expected 42'", "check"),
+    ]
+    step = MeasuredExecute(kernel_name="python3", timeout=60, trusted_tests=["probe"], phase="probe")
+    step.preprocess(new_notebook(cells=cells), {"metadata": {"path": str(tmp_path)}})
+    assert text(cells[3]) == "fresh kernel: True\n"
+    assert errors(cells[3]) == [("AssertionError", "expected 42")]

@@ -115,7 +115,9 @@ class MeasuredExecute(OutputLimits, Execute):
                 f"{self._unfinished!r}))"]))
             cells = [preamble, *self._deferred]
             grader = GraderExecute(config=self.config, parent=self.parent, kernel_name=self.kernel_name)
-            grader.deadline = self._deadline
+            # The grader's own time is not the learner's: a notebook that used its whole limit still
+            # gets its tests run, each within the cell limit (the class runner's margin covers this pass).
+            grader.deadline = None
             report_to = os.environ.pop("COURSE_SANDBOX_REPORT", None)  # the sandbox report is the learner's run's
             try:
                 grader.preprocess(NotebookNode(cells=cells, metadata=nb.metadata, nbformat=nb.nbformat,
@@ -266,9 +268,9 @@ class MeasuredExecute(OutputLimits, Execute):
 
 class GraderExecute(MeasuredExecute):
     """The grader's own kernel: the setup preamble (cell 0), then the test cells, with the same
-    limits, caps and notes as the learner's. A failed preamble fails every test with its reason."""
+    cell limit, caps and notes as the learner's. A failed preamble fails every test with its reason."""
 
-    deadline = None
+    deadline = None  # a time.monotonic() after which no cell runs; None: only the cell limit
 
     def preprocess(self, nb, resources=None, km=None):
         self._trusted, self._deferred, self._outside = False, [], None
