@@ -287,10 +287,6 @@ def load_results(folder: str, expected: list[str], outside_report: str | None = 
     import json
     import os
 
-    import pyarrow.parquet as pq
-
-    from graders.perf import Ceiling
-
     _tensor_types_without_pickle()
     try:
         with open(os.path.join(folder, "manifest.json")) as f:
@@ -303,17 +299,16 @@ def load_results(folder: str, expected: list[str], outside_report: str | None = 
         with open(outside_report) as f:
             report = UtilizationReport.from_dict(json.load(f))
         report.source = "measured by the grader from outside the notebook"
+    why = (f"cell {', '.join(stopped)} was stopped at its time limit before it handed this result to the grader"
+           if stopped else "its run cell handed no result to the grader (see that cell's output)")
     loaded = {}
     for key in expected:
         entry = manifest.get(key)
-        why = (f"cell {', '.join(stopped)} was stopped at its time limit before it handed this result to the grader"
-               if stopped else "its run cell handed no result to the grader (see that cell's output)")
-        missing = MissingRun(key, f"did not run: {why}")
         if not isinstance(entry, dict):
-            loaded[key] = missing
+            loaded[key] = MissingRun(key, f"did not run: {why}")
             continue
         try:
-            loaded[key] = _rebuild(key, entry, folder, report if key in measured and entry.get("monitored") else None, pq, Ceiling)
+            loaded[key] = _rebuild(key, entry, folder, report if key in measured and entry.get("monitored") else None)
         except Exception as exc:  # files the notebook wrote: anything may be wrong with them
             loaded[key] = MissingRun(key, f"did not run: its results could not be read ({type(exc).__name__}: {exc})"[:300])
     return loaded
@@ -334,8 +329,12 @@ def _tensor_types_without_pickle() -> None:
         pass
 
 
-def _rebuild(key, entry, folder, report, pq, Ceiling):
+def _rebuild(key, entry, folder, report):
     import os
+
+    import pyarrow.parquet as pq
+
+    from graders.perf import Ceiling
 
     kind, name = entry.get("kind"), str(entry.get("name", key))
     seconds = float(entry.get("seconds") or 0.0)

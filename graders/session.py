@@ -134,6 +134,11 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _local_cpus() -> int:
+    """CPUs a local Ray gets: COURSE_CPUS, else the usable cores (at least 2)."""
+    return int(os.environ.get("COURSE_CPUS", max(2, _usable_cpus())))
+
+
 def _local_gpu_count() -> int:
     from graders.telemetry import nvml_devices
 
@@ -163,7 +168,7 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
     if os.environ.get("COURSE_GRADER") == "1" and not os.environ.get("RAY_ADDRESS"):
         # The grader's own kernel (graders/trusted/nbgrader_ext.py) grades results, it runs no pipeline:
         # the resources a run gets on this machine, sized as below, without starting Ray.
-        return plan_resources(int(os.environ.get("COURSE_CPUS", max(2, _usable_cpus()))), _local_gpu_count())
+        return plan_resources(_local_cpus(), _local_gpu_count())
     quiet = is_grading() if quiet is None else quiet
     progress = (not quiet) if progress is None else progress
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no auth-token warning on a local Ray
@@ -192,8 +197,7 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
                 # job from using the workers Ray starts in advance (about 6 s more per notebook).
                 ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, **options)
             else:
-                cpus = int(os.environ.get("COURSE_CPUS", max(2, _usable_cpus())))
-                ray.init(num_cpus=cpus, num_gpus=_local_gpu_count(), include_dashboard=False, **options)
+                ray.init(num_cpus=_local_cpus(), num_gpus=_local_gpu_count(), include_dashboard=False, **options)
     res = resources()
     _configure_output(quiet, progress, res.cpus)
     if not quiet:

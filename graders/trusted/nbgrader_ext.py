@@ -120,7 +120,7 @@ class MeasuredExecute(OutputLimits, Execute):
             grader.deadline = None
             report_to = os.environ.pop("COURSE_SANDBOX_REPORT", None)  # the sandbox report is the learner's run's
             try:
-                grader.preprocess(NotebookNode(cells=cells, metadata=nb.metadata, nbformat=nb.nbformat,
+                grader.preprocess(NotebookNode(cells=cells, metadata={}, nbformat=nb.nbformat,  # none of the submission's
                                                nbformat_minor=nb.nbformat_minor), {"metadata": {"path": str(own)}})
             finally:
                 if report_to:
@@ -131,14 +131,23 @@ class MeasuredExecute(OutputLimits, Execute):
     def preprocess_cell(self, cell, resources, index):
         cell, resources = self._run_cell(cell, resources, index)
         if self._trusted and index == len(self.nb.cells) - 1 and not self._stopped:
-            self._hand_over()
+            self._hand_over(resources)
         return cell, resources
 
-    def _hand_over(self) -> None:
-        """The learner's pass is over and its kernel still runs: publish once more whatever exists
-        of what the run cells publish (a run cell stopped at its time limit never reached its own
-        `publish`, but the runs before the stop are there)."""
-        names = _published(self.nb.cells, self.measured_cells)[0]
+    def _hand_over(self, resources) -> None:
+        """The learner's pass is over and its kernel still runs: publish what the run cells should
+        have published and did not (a run cell stopped at its time limit never reached its own
+        `publish`, but the runs before the stop are there). Nothing to do after a normal run."""
+        from pathlib import Path
+
+        manifest = Path((resources or {}).get("metadata", {}).get("path") or ".") / "results" / "manifest.json"
+        try:
+            handed = set(json.loads(manifest.read_text()))
+        except (OSError, ValueError, TypeError):
+            handed = set()
+        names = [n for n in _published(self.nb.cells, self.measured_cells)[0] if n not in handed]
+        if not names:
+            return
         code = ("__import__('graders.grading').grading.publish("
                 f"**{{k: v for k, v in globals().items() if k in {names!r}}})")
         self._limit = 120
