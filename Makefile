@@ -18,7 +18,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export RAY_AUTH_MODE ?= disabled
 PHASES := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 
-.PHONY: help setup data workspace lab check sandbox browser test test-fast bench bench-grading bench-sandbox release release-check collect autograde feedback grades clean
+.PHONY: help setup data workspace lab check sandbox browser test test-fast bench bench-grading bench-sandbox bench-noise release release-check collect autograde feedback grades clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -102,6 +102,9 @@ bench-grading: setup data ## class grading only: sequential vs parallel on BENCH
 
 bench-sandbox: setup data sandbox ## what the grading sandbox costs a run (the same notebook, sandbox on and off)
 	$(BIN)/python tests/bench/sandbox_cost.py
+
+bench-noise: setup data sandbox ## grades idle and beside a neighbour keeping every core busy, K times each (BENCH_K, BENCH_PHASES)
+	PYTHONPATH=tests $(BIN)/python tests/bench/noise.py
 
 release: setup ## regenerate course/ from solutions/ (nbgrader generate_assignment)
 	for a in $(PHASES); do $(BIN)/nbgrader generate_assignment $$a --force --log-level=WARN || exit 1; done

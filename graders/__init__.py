@@ -14,16 +14,18 @@ Modules, each small enough to read:
     perf       the model-only ceiling and the naive baseline a pipeline is measured against
     registry   a versioned model registry in a folder or object storage (Phase 4)
     checks     assertions with helpful messages, and check("<exercise>", value)
-    grading    run a learner pipeline for grading, hand its results to the grader, read nbgrader's results
+    grading    run a learner pipeline for grading, read nbgrader's results
+    handover   hand the results to the grader as data; answer its questions to your functions
+    work       did the model do the pipeline's work, in the measured run? (a sample recomputed)
 """
 
-from graders import checks, data, grading, models, perf, registry, telemetry
+from graders import checks, data, grading, handover, models, perf, registry, telemetry, work
 from graders.checks import CheckFailed, Tensor, check, expect_count, expect_schema, expect_utilization
 from graders.session import Resources, is_grading, resources, shutdown, start
 from graders.telemetry import UtilizationMonitor
 
 __all__ = [
     "CheckFailed", "Resources", "Tensor", "UtilizationMonitor", "check", "checks", "data", "grading",
-    "expect_count", "expect_schema", "expect_utilization", "is_grading", "models", "perf", "registry", "resources",
-    "shutdown", "start", "telemetry",
+    "expect_count", "expect_schema", "expect_utilization", "handover", "is_grading", "models", "perf", "registry", "resources",
+    "shutdown", "start", "telemetry", "work",
 ]

@@ -6,8 +6,7 @@
 - `run_step(name, fn, *args)`: calls one step of a learner's job (a training run, a batch job
   that writes files), optionally under a `UtilizationMonitor`, and keeps its return value, time,
   report and error the same way. `run.value()` is the return value or one readable reason.
-- `publish(**runs)` / `load_results(...)`: the run cells hand their results to the grader as
-  files; the grader's own kernel reads them back (see the section below).
+- `publish(**runs)` / `load_results(...)` / `learner`: see `graders/handover.py`.
 - `graded_cells(notebook)`: each graded cell of an autograded notebook with its points, pass or
   fail, the reason and what it printed (its measured numbers). Used by `course check`.
 """
@@ -45,7 +44,19 @@ class PipelineRun:
 
     @property
     def throughput(self) -> float:
+        """Rows per second over the whole run, start-up included."""
         return (self.rows.num_rows / self.seconds) if self.rows is not None and self.seconds else 0.0
+
+    def steady(self) -> tuple[float, str]:
+        """(rows/s once results flow, how it was measured): start-up left out (`perf.steady_rate`)."""
+        from graders.perf import steady_rate
+
+        return steady_rate(self.arrivals, self.seconds)
+
+    @property
+    def startup_seconds(self) -> float:
+        """Seconds before the first rows arrived: starting actors, loading the model."""
+        return self.arrivals[0][0] if self.arrivals else self.seconds
 
     def __str__(self) -> str:
         if self.error:
@@ -217,143 +228,6 @@ def _check_gpus(ds) -> None:
                                "is 0 without a GPU) instead of a fixed num_gpus")
 
 
-# ------------------------------------------------------------------ results, handed to the grader
-# Under `nbgrader autograde` the graded test cells do not run in the learner's kernel: a fresh
-# grader kernel runs them (graders/trusted/nbgrader_ext.py). The validation's locked run cells hand it
-# their results as data with `publish` (Parquet and JSON, never pickle); the grader's kernel reads
-# them back with `load_results`, with the utilization the grader measured itself.
-RESULTS = "results"  # beside the notebook; COURSE_RESULTS moves it
-
-
-def _results_dir() -> str:
-    import os
-
-    return os.environ.get("COURSE_RESULTS") or RESULTS
-
-
-def publish(**runs) -> None:
-    """Hand these results (PipelineRun, StepRun, perf.Ceiling) to the grader, as files. Does
-    nothing outside `nbgrader autograde`: in JupyterLab the tests run right here."""
-    import json
-    import os
-
-    import pyarrow.parquet as pq
-
-    if os.environ.get("NBGRADER_EXECUTION") != "autograde" and not os.environ.get("COURSE_RESULTS"):
-        return
-    folder = _results_dir()
-    os.makedirs(folder, exist_ok=True)
-    manifest = {}
-    for key, run in runs.items():
-        entry = {"kind": type(run).__name__, "seconds": getattr(run, "seconds", 0.0),
-                 "monitored": getattr(run, "report", None) is not None}
-        if isinstance(run, PipelineRun):
-            entry.update(name=run.name, error=run.error, nodes=run.nodes, arrivals=run.arrivals, actor_stage=run.actor_stage)
-            if run.error is None:
-                pq.write_table(run.rows, os.path.join(folder, f"{key}.parquet"))
-        elif isinstance(run, StepRun):
-            entry.update(name=run.name, error=run.error, result=run.result)
-        else:  # a perf.Ceiling
-            entry.update(rows_count=run.rows, batch_size=run.batch_size, device=run.device)
-        manifest[key] = entry
-    path = os.path.join(folder, "manifest.json")
-    old = json.load(open(path)) if os.path.exists(path) else {}
-    with open(path, "w") as f:
-        json.dump({**old, **manifest}, f, default=repr)
-
-
-@dataclass
-class MissingRun:
-    """What the grader stands in for a result the notebook never handed over."""
-
-    name: str
-    error: str
-    report: UtilizationReport | None = None
-    rows: pa.Table | None = None
-    result: object = None
-
-    def table(self):
-        raise CheckFailed(f"{self.name}: {self.error}")
-
-    value = table
-
-
-def load_results(folder: str, expected: list[str], outside_report: str | None = None,
-                 measured: tuple[str, ...] = (), stopped: tuple[str, ...] = ()) -> dict:
-    """The grader's side of `publish`: the results the notebook handed over, by name. Each name in
-    `expected` the notebook did not hand over becomes a `MissingRun` saying so. The runs named in
-    `measured` get the grader's own utilization report (`outside_report`, a JSON file), never the
-    notebook's. `stopped`: cells stopped at their time limit (a missing result says so)."""
-    import json
-    import os
-
-    _tensor_types_without_pickle()
-    try:
-        with open(os.path.join(folder, "manifest.json")) as f:
-            manifest = json.load(f)
-        assert isinstance(manifest, dict)
-    except (OSError, ValueError, AssertionError):
-        manifest = {}
-    report = None
-    if outside_report and os.path.exists(outside_report):
-        with open(outside_report) as f:
-            report = UtilizationReport.from_dict(json.load(f))
-        report.source = "measured by the grader from outside the notebook"
-    why = (f"cell {', '.join(stopped)} was stopped at its time limit before it handed this result to the grader"
-           if stopped else "its run cell handed no result to the grader (see that cell's output)")
-    loaded = {}
-    for key in expected:
-        entry = manifest.get(key)
-        if not isinstance(entry, dict):
-            loaded[key] = MissingRun(key, f"did not run: {why}")
-            continue
-        try:
-            loaded[key] = _rebuild(key, entry, folder, report if key in measured and entry.get("monitored") else None)
-        except Exception as exc:  # files the notebook wrote: anything may be wrong with them
-            loaded[key] = MissingRun(key, f"did not run: its results could not be read ({type(exc).__name__}: {exc})"[:300])
-    return loaded
-
-
-def _tensor_types_without_pickle() -> None:
-    """Ray's tensor column types (their metadata is JSON), so a tensor column reads back as it was
-    written; never Ray's pickled-object type, whose values unpickle when read: these files were
-    written by the learner's code, and the grader reads them as data."""
-    import os
-
-    os.environ["RAY_DATA_AUTOLOAD_CLOUDPICKLE_TENSOR_METADATA"] = "0"
-    import ray.data._internal.tensor_extensions.arrow  # noqa: F401  (registers the tensor types)
-
-    try:
-        pa.unregister_extension_type("ray.data.arrow_pickled_object")
-    except (KeyError, pa.ArrowKeyError):
-        pass
-
-
-def _rebuild(key, entry, folder, report):
-    import os
-
-    import pyarrow.parquet as pq
-
-    from graders.perf import Ceiling
-
-    kind, name = entry.get("kind"), str(entry.get("name", key))
-    seconds = float(entry.get("seconds") or 0.0)
-    error = None if entry.get("error") is None else str(entry["error"])
-    if kind == "PipelineRun":
-        path = os.path.join(folder, f"{key}.parquet")
-        rows = pq.read_table(path) if error is None else None
-        arrivals = [(float(t), int(n)) for t, n in entry.get("arrivals") or []]
-        actor = entry.get("actor_stage")
-        return PipelineRun(name, rows=rows, report=report, seconds=seconds, error=error, nodes=int(entry.get("nodes") or 0),
-                           arrivals=arrivals, actor_stage=None if actor is None else bool(actor))
-    if kind == "StepRun":
-        return StepRun(name, result=entry.get("result"), report=report, seconds=seconds, error=error)
-    if kind == "Ceiling":
-        return Ceiling(rows=int(entry["rows_count"]), seconds=seconds, batch_size=int(entry.get("batch_size") or 0),
-                       device=str(entry.get("device", "")), report=report)
-    raise ValueError(f"unknown kind of result {kind!r}")
-
-
 def graded_cells(nb) -> list[dict]:
     """Graded cells of an executed (autograded) notebook: id, points, passed, reason, output."""
     from nbgrader.utils import determine_grade, is_grade
@@ -376,3 +250,8 @@ def graded_cells(nb) -> list[dict]:
         cells.append(dict(id=cell.metadata.nbgrader["grade_id"], points=score, max_points=max_points,
                           passed=score == max_points, reason=reason, output="".join(out).strip()))
     return cells
+
+
+# The results a run cell hands to the grader, and the questions the grader asks the learner's
+# kernel, live in graders/handover.py; these names stay importable from here.
+from graders.handover import Folder, MissingRun, learner, load_results, publish, serve_processes_left  # noqa: E402, F401

@@ -5,6 +5,14 @@ of code ran, and turning the measurements into a report that a grader can check.
 
 * A separate sampler process takes a sample every ``interval`` seconds: the CPU
   (psutil, always) and every visible NVIDIA GPU (NVML, when it works).
+* The CPU is measured for the run, not the machine: the CPU time of exactly the
+  run's processes (its cgroup, or the process tree of the notebook's kernel, Ray's
+  workers included), over wall time and the cores the run may use. The machine's
+  figure is kept beside it, so other load shows as such ("machine 100 %, this run
+  3 %"), and so is the time the run's ready threads waited in the kernel's run
+  queue for cores that other load held (``/proc/<tid>/schedstat``): what the load
+  cost the run. (The grader starts graded runs with a higher priority, so that cost
+  stays small; see graders/trusted/sandbox.py.)
 * Nothing is hard-coded or guessed. Without NVML the report says so, with the
   reason, and grades the CPU instead.
 
@@ -125,14 +133,136 @@ def gpu_processes(visible: str | None = None) -> list[tuple[int, int]]:
         nvml.nvmlShutdown()
 
 
+# ---------------------------------------------------------------- the run's own CPU
+def default_scope() -> dict | None:
+    """What a monitor in this process measures as "the run": this process and everything it
+    started (a local Ray's workers are its descendants). None (the whole machine) when the
+    pipeline runs on a Ray cluster, whose workers are not on this machine."""
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    return {"pid": os.getpid()}
+
+
+class _RunMeter:
+    """The CPU a run used, and the time its ready threads waited for a core, from one read to
+    the next. ``scope``: ``{"pid": root}`` (the root's process tree) or ``{"usage": file,
+    "threads": file}`` (a cgroup: v1 ``cpuacct.usage`` in ns and ``tasks``, or v2 ``cpu.stat``
+    and ``cgroup.threads``)."""
+
+    def __init__(self, scope: dict, cores: int):
+        self.scope, self.cores = dict(scope), max(1, cores)
+        self.exclude = {os.getpid()}  # the sampler itself is not the run
+        self.schedstat = os.path.exists("/proc/self/schedstat")  # Linux with CONFIG_SCHED_INFO
+        self.seen: dict[int, tuple[int, int]] = {}
+        self.primed = False
+        self.tasks, self.listed = [], 0.0  # a process tree's threads, listed again each second
+        self.t = time.monotonic()
+        self.usage = self._usage()
+        self._deltas()
+
+    def describe(self) -> str:
+        what = "its cgroup" if "usage" in self.scope else "the kernel's process tree"
+        wait = "" if self.schedstat else "; time waiting for a core: not measurable here (no /proc/<tid>/schedstat)"
+        return f"the run's processes ({what}), on {self.cores} core{'s' if self.cores != 1 else ''}{wait}"
+
+    def _usage(self) -> int | None:
+        """The cgroup's CPU time in ns, or None for a process tree."""
+        path = self.scope.get("usage")
+        if not path:
+            return None
+        try:
+            text = open(path).read()
+        except OSError:
+            return self.usage if hasattr(self, "usage") else 0
+        if path.endswith("cpu.stat"):
+            return next((int(line.split()[1]) * 1000 for line in text.splitlines() if line.startswith("usage_usec")), 0)
+        return int(text.strip() or 0)
+
+    def _tasks(self) -> list[int]:
+        if "threads" in self.scope:
+            try:
+                return [int(t) for t in open(self.scope["threads"]).read().split()]
+            except OSError:
+                return []
+        # Listing a tree costs more than reading it: list it each second. A thread found late
+        # loses nothing (a new thread counts from its start); one that ends loses its last read.
+        if time.monotonic() - self.listed >= 1.0:
+            self.tasks, self.listed = self._tree_tasks(), time.monotonic()
+        return self.tasks
+
+    def _tree_tasks(self) -> list[int]:
+        try:
+            root = psutil.Process(self.scope["pid"])
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+        if not self.schedstat:
+            return [p.pid for p in procs if p.pid not in self.exclude]
+        tasks = []
+        for p in procs:
+            if p.pid in self.exclude:
+                continue
+            try:
+                tasks += [int(t) for t in os.listdir(f"/proc/{p.pid}/task")]
+            except OSError:
+                continue
+        return tasks
+
+    def _read(self, task: int) -> tuple[int, int] | None:
+        """(ns on a CPU, ns waiting in a run queue) of a thread; a process's CPU without schedstat."""
+        try:
+            if self.schedstat:  # os-level reads: a few hundred threads, ten times a second
+                fd = os.open(f"/proc/{task}/schedstat", os.O_RDONLY)
+                try:
+                    run, wait, _ = os.read(fd, 128).split()
+                finally:
+                    os.close(fd)
+                return int(run), int(wait)
+            t = psutil.Process(task).cpu_times()
+            return int((t.user + t.system + t.children_user + t.children_system) * 1e9), 0
+        except (OSError, ValueError, psutil.Error):
+            return None
+
+    def _deltas(self) -> tuple[int, int]:
+        run = wait = 0
+        now = {}
+        for task in self._tasks():
+            value = self._read(task)
+            if value is None:
+                continue
+            now[task] = value
+            # a task seen before: what it did since; a new one: all it did (it started since)
+            before = self.seen.get(task, (0, 0) if self.primed else value)
+            run += max(0, value[0] - before[0])
+            wait += max(0, value[1] - before[1])
+        self.seen, self.primed = now, True
+        return run, wait
+
+    def read(self, machine: float) -> dict:
+        """``cpu_run``: % of the run's cores it used; ``cpu_wait``: % of them it was ready to
+        use but waited for while other load held them (at most what that load used)."""
+        t, usage = time.monotonic(), self._usage()
+        run, wait = self._deltas()
+        if usage is not None:  # the cgroup's counter also holds the threads that ended meanwhile
+            run, self.usage = max(0, usage - self.usage), usage
+        capacity = max(t - self.t, 1e-6) * 1e9 * self.cores
+        self.t = t
+        used = min(100.0, 100.0 * run / capacity)
+        others = max(0.0, machine - used)
+        waited = min(100.0 * wait / capacity, others, 100.0 - used) if self.schedstat else 0.0
+        return {"cpu_run": used, "cpu_wait": waited}
+
+
 # ---------------------------------------------------------------- sampler process
-def _system_sampler():
-    """The default sampler: psutil for the CPU, NVML for every GPU it can read.
+def _system_sampler(scope: dict | None = None):
+    """The default sampler: psutil for the CPU, NVML for every GPU it can read; with a
+    ``scope``, also the run's own CPU (see `_RunMeter`).
 
     Returns ``(device_info, sample, close)``.
     """
     nvml, handles, names, error = _probe_nvml()
     cores = _own_cpus()
+    meter = _RunMeter(scope, len(cores) if cores else psutil.cpu_count() or 1) if scope else None
     psutil.cpu_percent(interval=None, percpu=True)  # the first call only sets the baseline
 
     def cpu() -> float:
@@ -146,13 +276,15 @@ def _system_sampler():
             gpu.append(float(nvml.nvmlDeviceGetUtilizationRates(h).gpu))
             m = nvml.nvmlDeviceGetMemoryInfo(h)
             mem.append(m.used / m.total)
-        return {"cpu": cpu(), "gpu": gpu, "gpu_mem": mem}
+        machine = cpu()
+        return {"cpu": machine, "gpu": gpu, "gpu_mem": mem, **(meter.read(machine) if meter else {})}
 
-    info = {"gpus": names, "nvml": error, "cpu_count": len(cores) if cores else psutil.cpu_count()}
+    info = {"gpus": names, "nvml": error, "cpu_count": len(cores) if cores else psutil.cpu_count(),
+            "scope": meter.describe() if meter else "the whole machine"}
     return info, sample, (nvml.nvmlShutdown if nvml else lambda: None)
 
 
-def _sampler_main(data, stop, interval, parent_pid, sampler=None, device_info=None):
+def _sampler_main(data, stop, interval, parent_pid, sampler=None, device_info=None, scope=None):
     """Body of the sampler process: send the device info, then a sample per interval.
 
     It stops when the parent sends "stop", closes the pipe or dies.
@@ -161,7 +293,7 @@ def _sampler_main(data, stop, interval, parent_pid, sampler=None, device_info=No
     close = lambda: None  # noqa: E731
     try:
         if sampler is None:
-            device_info, sampler, close = _system_sampler()
+            device_info, sampler, close = _system_sampler(scope)
         data.send(("info", dict(device_info or {})))
         t0 = next_t = time.monotonic()
         while os.getppid() == parent_pid:
@@ -177,6 +309,7 @@ def _sampler_main(data, stop, interval, parent_pid, sampler=None, device_info=No
                 "cpu": float(s["cpu"]),
                 "gpu": [float(v) for v in s.get("gpu", [])],
                 "gpu_mem": [float(v) for v in s.get("gpu_mem", [])],
+                **{k: float(s[k]) for k in ("cpu_run", "cpu_wait") if s.get(k) is not None},
             }))
     except (EOFError, BrokenPipeError):
         pass  # the parent has gone away
@@ -253,6 +386,11 @@ class UtilizationReport:
     gpu_mem_max: list[float] = field(default_factory=list)  # per GPU, peak used fraction
     timeline: list[dict] = field(default_factory=list, repr=False)
     source: str = ""  # who measured it, when not the notebook itself (the grader, from outside)
+    scope: str = "the whole machine"  # what the CPU figures cover (see _RunMeter.describe)
+    run_cpu_mean: float | None = None  # the run's own CPU use, steady window (None: the machine was measured)
+    wait_mean: float | None = None  # time the run's ready threads waited for cores that other load held
+    machine_cpu_mean: float | None = None  # the whole machine (or the run's cores), steady window
+    run_cpu_seconds: float | None = None  # CPU time the run's own processes used, the whole run
 
     @classmethod
     def from_dict(cls, d: dict) -> UtilizationReport:
@@ -273,7 +411,10 @@ class UtilizationReport:
         info = dict(device_info or {})
         timeline = [{"t": float(s["t"]), "cpu": float(s["cpu"]),
                      "gpu": [float(v) for v in s.get("gpu", [])],
-                     "gpu_mem": [float(v) for v in s.get("gpu_mem", [])]} for s in samples]
+                     "gpu_mem": [float(v) for v in s.get("gpu_mem", [])],
+                     **{k: float(s[k]) for k in ("cpu_run", "cpu_wait") if s.get(k) is not None}} for s in samples]
+        own = bool(timeline) and all("cpu_run" in s for s in timeline)  # the run's own CPU, not the machine's
+        run_cpu = [s["cpu_run"] if own else s["cpu"] for s in timeline]
         names = [str(n) for n in info.get("gpus") or []]
         nvml_error = info.get("nvml")
         is_gpu = nvml_error is None and any(s["gpu"] for s in timeline)
@@ -284,20 +425,28 @@ class UtilizationReport:
         report = cls(device="gpu" if is_gpu else "cpu", device_name=device_name,
                      gpu_count=max([len(names)] + [len(s["gpu"]) for s in timeline]),
                      nvml_error=nvml_error, interval_s=float(interval),
-                     samples=len(timeline), timeline=timeline)
+                     samples=len(timeline), timeline=timeline,
+                     scope=str(info.get("scope") or "the whole machine") if own else "the whole machine")
         if not timeline:
             return report
 
         report.duration_s = timeline[-1]["t"] - timeline[0]["t"] + float(interval)
-        rows = [s for s in timeline if s["gpu"]] if is_gpu else timeline
-        primary = [sum(s["gpu"]) / len(s["gpu"]) if is_gpu else s["cpu"] for s in rows]
-        start, end = steady_window([s["t"] for s in rows], primary)
+        rows = [(s, c) for s, c in zip(timeline, run_cpu) if s["gpu"]] if is_gpu else list(zip(timeline, run_cpu))
+        primary = [sum(s["gpu"]) / len(s["gpu"]) if is_gpu else c for s, c in rows]
+        start, end = steady_window([s["t"] for s, _ in rows], primary)
         report.window_s = (start, end)
-        window = [s for s in timeline if start <= s["t"] <= end]
+        inside = [i for i, s in enumerate(timeline) if start <= s["t"] <= end]
+        window = [timeline[i] for i in inside]
         report.window_samples = len(window)
         report.mean, report.p50, report.p90 = _stats(
-            [p for s, p in zip(rows, primary) if start <= s["t"] <= end])
-        report.cpu_mean, report.cpu_p50, report.cpu_p90 = _stats([s["cpu"] for s in window])
+            [p for (s, _), p in zip(rows, primary) if start <= s["t"] <= end])
+        report.cpu_mean, report.cpu_p50, report.cpu_p90 = _stats([run_cpu[i] for i in inside])
+        report.machine_cpu_mean = _stats([s["cpu"] for s in window])[0]
+        if own:
+            cores = int(info.get("cpu_count") or psutil.cpu_count() or 1)
+            report.run_cpu_seconds = sum(s["cpu_run"] for s in timeline) / 100.0 * cores * float(interval)
+            report.run_cpu_mean = _stats([s["cpu_run"] for s in window])[0]
+            report.wait_mean = _stats([s.get("cpu_wait", 0.0) for s in window])[0]
         for i in range(report.gpu_count):
             report.gpu_means.append(_stats([s["gpu"][i] for s in window if len(s["gpu"]) > i])[0])
             mem = [s["gpu_mem"][i] for s in timeline if len(s["gpu_mem"]) > i]
@@ -322,11 +471,16 @@ class UtilizationReport:
                 f"(interval {self.interval_s:g} s)",
                 f"Steady window: {self.window_s[0]:.1f}-{self.window_s[1]:.1f} s "
                 f"({self.window_samples} samples)",
-                f"{self.device.upper()} utilization: mean {self.mean:.1f} %, "
-                f"p50 {self.p50:.1f} %, p90 {self.p90:.1f} %",
+                f"{self.device.upper()} utilization{' (this run)' if self.device == 'cpu' and self.run_cpu_mean is not None else ''}: "
+                f"mean {self.mean:.1f} %, p50 {self.p50:.1f} %, p90 {self.p90:.1f} %",
             ]
             if self.device == "gpu":
                 lines.append(f"CPU utilization: mean {self.cpu_mean:.1f} %")
+            if self.run_cpu_mean is not None:
+                lines.append(f"Other load: the machine {self.machine_cpu_mean:.1f} %; this run waited {self.wait_mean:.1f} % "
+                             f"for cores it held (measured: {self.scope})")
+            else:
+                lines.append(f"CPU measured: {self.scope} (the machine's load counts as the run's)")
         if self.device == "cpu":
             lines.append(f"GPU: not measured ({self.nvml_error or 'no GPU samples'})")
         return "\n".join(lines)
@@ -352,7 +506,11 @@ class UtilizationReport:
         if ax is None:
             _, ax = plt.subplots(figsize=(8, 3))
         t = [s["t"] for s in self.timeline]
-        ax.plot(t, [s["cpu"] for s in self.timeline], label="CPU")
+        if self.timeline and all("cpu_run" in s for s in self.timeline):
+            ax.plot(t, [s["cpu_run"] for s in self.timeline], label="CPU, this run")
+            ax.plot(t, [s["cpu"] for s in self.timeline], label="CPU, machine", alpha=0.4)
+        else:
+            ax.plot(t, [s["cpu"] for s in self.timeline], label="CPU")
         for i in range(self.gpu_count):
             rows = [s for s in self.timeline if len(s["gpu"]) > i]
             ax.plot([s["t"] for s in rows], [s["gpu"][i] for s in rows], label=f"GPU {i}")
@@ -380,16 +538,22 @@ class _LiveGauge:
 
     def update(self, samples):
         for k, (bar, label) in enumerate(zip(self.bars, self.labels)):
-            values = [s["cpu"] if k == 0 else s["gpu"][k - 1]
+            values = [_run_cpu(s) if k == 0 else s["gpu"][k - 1]
                       for s in samples if k == 0 or len(s["gpu"]) >= k]
             if values:
                 bar.value = values[-1]
-                label.value = f"{values[-1]:5.1f} %  (mean {sum(values) / len(values):.1f} %)"
+                machine = f", machine {samples[-1]['cpu']:.0f} %" if k == 0 and "cpu_run" in samples[-1] else ""
+                label.value = f"{values[-1]:5.1f} %  (mean {sum(values) / len(values):.1f} %{machine})"
 
     def finish(self, report):
         self.update(report.timeline)
         summary = self._widgets.HTML(report._repr_html_())
         self.box.children = (*self.box.children, summary)
+
+
+def _run_cpu(sample) -> float:
+    """The run's own CPU in a sample, else the machine's."""
+    return sample.get("cpu_run", sample["cpu"])
 
 
 def _show_gauge(names):
@@ -419,12 +583,16 @@ class UtilizationMonitor:
     ``sampler``: optional picklable top-level function returning
     ``{"cpu": float, "gpu": [floats], "gpu_mem": [floats]}``, used instead of
     psutil/NVML; ``device_info`` goes with it, e.g. ``{"gpus": ["Fake GPU"], "nvml": None}``.
+    ``scope``: what "the run" is for the CPU: ``"auto"`` (this process and everything it
+    started; the whole machine on a Ray cluster), ``None`` (the whole machine), or a dict
+    for `_RunMeter` (the grader passes the graded kernel's cgroup).
 
     After the with-block, ``report`` holds the UtilizationReport.
     """
 
     def __init__(self, interval: float = 0.1, live: bool = False,
-                 sampler: Callable[[], dict] | None = None, device_info: dict | None = None):
+                 sampler: Callable[[], dict] | None = None, device_info: dict | None = None,
+                 scope: dict | str | None = "auto"):
         interval = float(interval)
         if not 0 < interval <= 0.2:
             raise ValueError(f"interval must be > 0 and <= 0.2 seconds (at least 5 samples "
@@ -440,6 +608,7 @@ class UtilizationMonitor:
                                 "module (not a lambda, nor defined in a notebook or __main__)")
         self.interval, self.live = interval, live
         self.sampler, self.device_info = sampler, device_info
+        self.scope = (default_scope() if sampler is None else None) if scope == "auto" else scope
         self.report: UtilizationReport | None = None
         self._samples: list[dict] = []
         self._info: dict | None = None
@@ -454,7 +623,7 @@ class UtilizationMonitor:
         self._data, data_w = ctx.Pipe(duplex=False)
         stop_r, self._stop = ctx.Pipe(duplex=False)
         kwargs = dict(data=data_w, stop=stop_r, interval=self.interval, parent_pid=os.getpid(),
-                      sampler=self.sampler, device_info=self.device_info)
+                      sampler=self.sampler, device_info=self.device_info, scope=self.scope)
         # The child runs this file as a script instead of importing graders.telemetry,
         # so the graders package (which may import Ray or torch) is never loaded there.
         self._proc = ctx.Process(

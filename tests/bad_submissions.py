@@ -80,6 +80,22 @@ COUNT_LOOP = '''    def count(text):
     def count_words(batch):
 '''
 
+# No model: a busy loop keeps the CPU "utilized" while each image gets the cat label and random
+# features. Every other check passes (labels are ImageNet names, the cat photos are cats).
+FAKE_MODEL = '''            _spin(0.3)  # busy, as if the model ran
+            features = torch.rand(len(pixels), 1280)
+            logits = torch.zeros(len(pixels), 1000).index_fill_(1, torch.tensor([281]), 5.0)  # always "tabby cat"
+'''
+SPIN = '''def _spin(seconds):
+    import time as _time
+
+    end = _time.monotonic() + seconds
+    while _time.monotonic() < end:
+        pass
+
+
+def build_image_pipeline('''
+
 HARD_CODED = '''def build_text_pipeline(support_path: str) -> ray.data.Dataset:
     import os
 
@@ -252,6 +268,11 @@ KINDS: dict[str, Kind] = {
         _chain(lambda nb: _append(nb, "image_pipeline", FAKE_TELEMETRY),
                _edit("image_pipeline", "    def preprocess(batch):\n", "    def preprocess(batch):\n        _time.sleep(3)\n")),
         ("accelerator_stage",), "from outside the notebook", "utilization reports patched to say 100 %"),
+    "fake_model": Kind(
+        _chain(_edit("image_pipeline", "            features, logits = gr.models.vision_forward(self.model, pixels)\n", FAKE_MODEL),
+               _edit("image_pipeline", "def build_image_pipeline(", SPIN)),
+        ("accelerator_stage",), "differ from what the reference model computes",
+        "no model: a constant cat label, random features and a busy loop to look utilized"),
     "error_hooks": Kind(
         lambda nb: _append(nb, "image_pipeline", ERROR_HOOKS), FULL, "asks for num_gpus=1 per task/actor",
         "IPython hooks that clear every error and print every cell (the error they would hide still shows)"),
@@ -270,7 +291,7 @@ STUDENTS: dict[str, tuple[str, ...]] = {"-".join(kinds): kinds for kinds in [
     ("out_of_memory", "hard_coded", "output_flood", "write_outside"),
     ("gpu_without_gpu", "edited_tests", "error_hooks"),  # the hooks would clear both mistakes' errors
     ("faked_telemetry", "empty_dataset", "patched_checks"),  # the patches would pass both mistakes' checks
-    ("infinite_loop", "actors_left"),
+    ("infinite_loop", "actors_left", "fake_model"),
     ("stderr_noise", "kernel_crash"),  # a warning in one cell, then the kernel dies
 ]}
 assert sorted(k for kinds in STUDENTS.values() for k in kinds) == sorted(KINDS), "every kind once, in one student"

@@ -209,7 +209,22 @@ class GradedClass:
     on_cluster: dict[str, list[dict]]  # actors that the cluster-graded students ran there, by class name
 
 
-def graded_class(root: Path, phase: str, notebook: str, on_cluster: tuple[str, ...] = (), **wrong) -> GradedClass:
+@contextlib.contextmanager
+def neighbour(processes: int = 1, seconds: float = 900.0):
+    """A bounded neighbour outside the graded run: `processes` busy loops that end by themselves
+    after `seconds` (and are killed when the block ends), as another job on a shared machine."""
+    spin = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(processes)]
+    try:
+        yield busy
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def graded_class(root: Path, phase: str, notebook: str, on_cluster: tuple[str, ...] = (), loaded: tuple[str, ...] = (),
+                 **wrong) -> GradedClass:
     """`class_submissions`, autograded by nbgrader itself, with feedback.
 
     One notebook at a time on the whole machine: these runs keep both cores busy on their own (two
@@ -218,19 +233,25 @@ def graded_class(root: Path, phase: str, notebook: str, on_cluster: tuple[str, .
     with RAY_ADDRESS set, on a real two-node Ray cluster started for them (tests/cluster.py) and
     stopped afterwards: so each phase's validation also runs, unchanged and graded, on a cluster,
     at the cost of no extra notebook run. The cluster starts only after the local runs, whose
-    utilization is measured, have ended.
+    utilization is measured, have ended. The students named in `loaded` are graded on their own
+    while a `neighbour` keeps one core busy: their grade must not move with other load.
     """
     from graders.cli import nbgrader
 
     class_submissions(root, phase, notebook, **wrong)
-    nbgrader(root, "autograde", phase, "--create", f"--CourseDirectory.student_id_exclude={','.join(on_cluster)}")
+    everyone = {"reference", "blank", *wrong}
+    nbgrader(root, "autograde", phase, "--create", f"--CourseDirectory.student_id_exclude={','.join((*on_cluster, *loaded))}")
+    if loaded:
+        with neighbour(1):
+            others = sorted(everyone - set(loaded))
+            nbgrader(root, "autograde", phase, "--create", f"--CourseDirectory.student_id_exclude={','.join(others)}")
     ran: dict[str, list[dict]] = {}
     if on_cluster:
         from cluster import two_node_cluster
 
         with two_node_cluster() as cluster, mock.patch.dict(os.environ, RAY_ADDRESS=cluster.address):
             before = set(cluster.actors())
-            others = sorted({"reference", "blank", *wrong} - set(on_cluster))
+            others = sorted(everyone - set(on_cluster))
             nbgrader(root, "autograde", phase, "--create", f"--CourseDirectory.student_id_exclude={','.join(others)}")
             ran = cluster.actors_since(before)
     nbgrader(root, "generate_feedback", phase)

@@ -130,3 +130,34 @@ def test_trusted_tests_run_in_a_fresh_kernel_on_the_published_results(tmp_path, 
     step.preprocess(new_notebook(cells=cells), {"metadata": {"path": str(tmp_path)}})
     assert text(cells[3]) == "fresh kernel: True\n"
     assert errors(cells[3]) == [("AssertionError", "expected 42")]
+
+
+def test_a_hidden_tests_questions_are_answered_by_the_learners_functions_which_never_see_the_test(tmp_path, monkeypatch):
+    """A hidden test calls the learner's function on new inputs (`gr.grading.learner.call`): the
+    grader's kernel asks, the learner's kernel (still running, before the final cell) answers with
+    its own function, and sees the inputs only: no line of the test."""
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+
+    def locked(source, gid):
+        cell = new_code_cell(source)
+        cell.metadata["nbgrader"] = {"grade_id": gid, "grade": False, "locked": True, "solution": False}
+        return cell
+
+    cells = [
+        locked("import graders as gr\nfrom graders.grading import StepRun", "setup"),
+        new_code_cell("def double(x):\n    return 2 * x\n"
+                      "get_ipython().events.register('pre_run_cell', lambda info: open('seen.txt', 'a').write(info.raw_cell))"),
+        locked("run = StepRun('run', result=1)\ngr.grading.publish(run=run)", "run_pipelines"),
+        graded("run.value()\n### BEGIN HIDDEN TESTS\n_got = [gr.grading.learner.call('double', x) for x in (21, 5)]\n"
+               "print('answers:', _got)\nassert _got == [42, 10], 'SECRET_MARKER'\n### END HIDDEN TESTS", "asks"),
+        graded("run.value()\n### BEGIN HIDDEN TESTS\ngr.grading.learner.call('half', 8)\n### END HIDDEN TESTS", "asks_missing"),
+        locked("print('the final cell ran after the grading')", "shutdown"),
+    ]
+    step = MeasuredExecute(kernel_name="python3", timeout=60, trusted_tests=["probe"], phase="probe")
+    step.preprocess(new_notebook(cells=cells), {"metadata": {"path": str(tmp_path)}})
+    assert text(cells[3]) == "answers: [42, 10]\n" and errors(cells[3]) == []
+    assert errors(cells[4]) == [("CheckFailed", "half failed on the grader's hidden inputs: "
+                                                "NameError: half is not defined in the notebook (run its cell)")]
+    assert text(cells[5]) == "the final cell ran after the grading\n"
+    seen = (tmp_path / "seen.txt").read_text()
+    assert "handover.answer()" in seen and "SECRET_MARKER" not in seen and "learner.call" not in seen, seen

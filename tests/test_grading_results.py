@@ -4,6 +4,8 @@ data only, read back as they were written, with the grader's own utilization rep
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -83,3 +85,91 @@ def test_files_a_notebook_forged_are_read_as_data_or_not_at_all(results):
     assert column.type == pa.large_binary() and column.to_pylist() == [storage[0].as_py()], "stays bytes, never unpickled"
     (results / "manifest.json").write_text("[not a manifest")
     assert isinstance(load_results(str(results), ["bad_kind"])["bad_kind"], MissingRun)
+
+
+def test_lists_dicts_tables_training_results_and_folders_come_back_as_data(results, tmp_path):
+    import pandas as pd
+
+    from graders.handover import Folder, TrainingResult
+
+    class FakeTrainResult:  # what the grader reads of a ray.train.Result
+        metrics = {"val_accuracy": np.float64(0.75), "epoch": np.int64(4)}
+        metrics_dataframe = pd.DataFrame({"train_loss": [1.2, 0.3], "val_accuracy": [0.5, 0.75]})
+        checkpoint = type("Checkpoint", (), {"path": "/somewhere/checkpoint_000004"})()
+
+    written = tmp_path / "written"
+    (written / "category=books").mkdir(parents=True)
+    pq.write_table(pa.table({"review_id": ["r1"]}), written / "category=books" / "part-0.parquet")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    (written / "category=books" / "link.parquet").symlink_to(secret)
+    runs = [StepRun("run 1", report=_report(90.0)), StepRun("run 2", report=_report(95.0)), StepRun("run 3")]
+    publish(runs=runs, windows={"clean": StepRun("clean", result=pa.table({"psi": [0.01]}))},
+            training=StepRun("training", result=FakeTrainResult()), out=Folder(str(written)), plain=np.int64(3))
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps(_report(40.0).to_dict(timeline=True)))
+
+    got = load_results(str(results), ["runs", "windows", "training", "out", "plain"], str(outside), ("runs",))
+    assert [r.name for r in got["runs"]] == ["run 1", "run 2", "run 3"]
+    assert got["runs"][0].report is None and got["runs"][1].report.mean == pytest.approx(40.0), \
+        "the grader's report goes to the last measured run of the list (the measured cell's), none to the others"
+    assert got["windows"]["clean"].value().to_pydict() == {"psi": [0.01]}
+    training = got["training"].value()
+    assert isinstance(training, TrainingResult) and training.metrics == {"val_accuracy": 0.75, "epoch": 4}
+    assert training.checkpoint.path == "/somewhere/checkpoint_000004"
+    assert training.metrics_dataframe["train_loss"].tolist() == [1.2, 0.3]
+    copied = sorted(str(p.relative_to(got["out"])) for p in Path(got["out"]).rglob("*") if p.is_file())
+    assert copied == ["category=books/part-0.parquet"], "regular files only: a link is never followed"
+    assert got["plain"] == 3
+
+
+def test_a_hidden_tests_question_goes_to_the_learners_kernel_as_data_and_its_answer_comes_back(tmp_path, monkeypatch):
+    """The grader's kernel asks (`learner.call` raises Unanswered and writes the question), the
+    learner's kernel answers with its own function (`answer()`), the grader's kernel reads it."""
+    import graders.handover as handover
+    from graders.checks import CheckFailed
+
+    asked, answered = tmp_path / "grader" / "questions", tmp_path / "grader" / "answers"
+    asked.mkdir(parents=True), answered.mkdir()
+    monkeypatch.setenv("COURSE_QUESTIONS", str(asked))
+    monkeypatch.setenv("COURSE_ANSWERS", str(answered))
+    table = pa.table({"words": [3, 4, 5]})
+    with pytest.raises(handover.Unanswered):
+        handover.learner.call("plan", 1000.0, 4, table, handover.learner.their("res", "cpus"))
+    with pytest.raises(handover.Unanswered):
+        handover.learner.call("broken", 1)
+    questions = [json.loads(q.read_text()) for q in asked.glob("*/question.json")]
+    assert sorted(q["function"] for q in questions) == ["broken", "plan"]
+    assert all(set(q) == {"function", "pipeline", "args"} for q in questions), "a function's name and its inputs, no test code"
+
+    # the learner's kernel: its namespace, its functions; it sees the inputs, never the test's text
+    seen = {}
+
+    def plan(rate, units, words, cpus):
+        seen.update(rate=rate, units=units, words=words.column("words").to_pylist(), cpus=cpus)
+        return {"units": np.int64(7), "rate": rate / units}
+
+    namespace = {"plan": plan, "broken": lambda x: 1 / 0, "res": type("Res", (), {"cpus": 2})()}
+    monkeypatch.setattr(handover, "_notebook", lambda: namespace)
+    learner_side = tmp_path / "learner"
+    shutil_copytree = shutil.copytree
+    shutil_copytree(asked, learner_side / "questions")
+    handover.answer(str(learner_side / "questions"), str(learner_side / "answers"))
+    assert seen == {"rate": 1000.0, "units": 4, "words": [3, 4, 5], "cpus": 2}
+    shutil_copytree(learner_side / "answers", answered, dirs_exist_ok=True)
+
+    assert handover.learner.call("plan", 1000.0, 4, table, handover.learner.their("res", "cpus")) == {"units": 7, "rate": 250.0}
+    with pytest.raises(CheckFailed, match="broken failed on the grader's hidden inputs: ZeroDivisionError"):
+        handover.learner.call("broken", 1)
+    with pytest.raises(handover.Unanswered):  # other inputs: another question
+        handover.learner.call("plan", 1000.0, 4, pa.table({"words": [9]}), handover.learner.their("res", "cpus"))
+
+
+def test_outside_the_grader_a_learner_call_runs_in_the_notebook(monkeypatch):
+    import graders.handover as handover
+
+    monkeypatch.delenv("COURSE_QUESTIONS", raising=False)
+    monkeypatch.setattr(handover, "_notebook", lambda: {"double": lambda x, y: 2 * x + y, "res": {"cpus": 2}})
+    assert handover.learner.call("double", 3, 1) == 7
+    with pytest.raises(NameError, match="missing is not defined in the notebook"):
+        handover.learner.call("missing")

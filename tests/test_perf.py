@@ -23,6 +23,14 @@ def test_few_blocks_fall_back_to_the_whole_run():
     assert rate == pytest.approx(4 * 30 / 20.0) and "4 output blocks" in how
 
 
+def test_a_steady_stream_is_a_stream_even_when_it_beats_an_earlier_ceiling():
+    """16 blocks over 56 s of a 60 s run: a stream, though faster than a ceiling measured earlier
+    under another load (the rule once called this "one burst" and fell back to the whole run)."""
+    steady = [(4.0 + i * 3.5, 100) for i in range(16)]
+    rate, how = perf.steady_rate(steady, total_seconds=60.0, max_rate=20.0)
+    assert rate == pytest.approx(1500 / 52.5) and how.startswith("steady"), how
+
+
 def test_a_burst_faster_than_the_ceiling_is_not_a_stream():
     burst = [(30.0 + i * 0.01, 100) for i in range(10)]  # computed earlier, delivered at once
     rate, how = perf.steady_rate(burst, total_seconds=30.1, max_rate=200.0)

@@ -202,6 +202,47 @@ def test_busy_cpu_is_measured_and_nothing_goes_to_stderr(capfd):
     assert capfd.readouterr().err == ""
 
 
+def test_a_neighbours_load_is_not_the_runs_own():
+    """A bounded neighbour outside the run keeps every core busy. A run that sleeps reads under
+    5 % of its cores, with the machine's ~100 % beside it. A run that keeps its cores busy, at
+    the priority the grader gives graded runs (as root), reads them busy, and how long it
+    waited for the cores the neighbour held."""
+    cores = len(os.sched_getaffinity(0))
+    spin = "import time\nend = time.monotonic() + {}\nwhile time.monotonic() < end: pass"
+    neighbour = [subprocess.Popen([sys.executable, "-c", spin.format(20)]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+        with UtilizationMonitor(scope={"pid": sleeper.pid}) as sleeping:
+            sleeper.wait()
+        burners = " & ".join([f"{sys.executable} -c '{spin.format(3)}'"] * cores)
+        nice = "nice -n -10 " if os.geteuid() == 0 else ""
+        busy = subprocess.Popen(["/bin/sh", "-c", f"{nice}/bin/sh -c \"{burners} & wait\""])
+        with UtilizationMonitor(scope={"pid": busy.pid}) as working:
+            busy.wait()
+    finally:
+        for p in neighbour:
+            p.kill()
+            p.wait()
+    idle, loaded = sleeping.report, working.report
+    assert idle.device == "cpu" and idle.mean < 5 and idle.machine_cpu_mean > 80, idle.summary()
+    assert "this run" in idle.summary() and "the machine " in idle.summary()
+    if os.geteuid() == 0:
+        assert loaded.mean > 80 and loaded.wait_mean is not None, loaded.summary()
+    else:  # the neighbour takes its share: the run's own figure says so
+        assert 20 < loaded.mean < 80 and loaded.wait_mean > 15, loaded.summary()
+
+
+def test_the_run_is_credited_with_what_it_used():
+    own = [{"t": i * 0.1, "cpu": 90.0, "gpu": [], "gpu_mem": [], "cpu_run": 50.0, "cpu_wait": 30.0} for i in range(20)]
+    report = UtilizationReport.from_samples(own, {**NO_NVML, "scope": "a test run"}, 0.1)
+    assert report.mean == pytest.approx(50.0) and report.machine_cpu_mean == pytest.approx(90.0)
+    assert report.wait_mean == pytest.approx(30.0) and report.run_cpu_seconds == pytest.approx(0.5 * 4 * 2.0)
+    assert report.scope == "a test run" and "this run waited 30.0 %" in report.summary()
+    machine = UtilizationReport.from_samples(make_samples([70.0] * 20), NO_NVML, 0.1)
+    assert machine.run_cpu_mean is None and "the machine's load counts as the run's" in machine.summary()
+
+
 def test_injected_sampler_reports_a_gpu():
     with UtilizationMonitor(interval=0.05, sampler=fake_gpu_sampler, device_info=ONE_GPU) as mon:
         time.sleep(0.5)

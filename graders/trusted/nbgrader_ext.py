@@ -4,7 +4,8 @@ Utilization that learner code cannot fake: a learner's code runs in the same ker
 cells, so it can patch anything there, `UtilizationMonitor` included. `MeasuredExecute` replaces
 nbgrader's `Execute` step (see `nbgrader_config.py`). While a cell whose grade id is in
 `measured_cells` runs (the validation's locked "run your pipelines" cell), it samples
-utilization from the grading process itself. When the notebook has run, every graded cell that
+utilization from the grading process itself: the CPU of the learner's run alone (the sandbox's
+cgroup, else the kernel's process tree; see `graders.telemetry`), with the machine's beside it. When the notebook has run, every graded cell that
 published a utilization report (see `checks.expect_utilization`) is compared with that outside
 measurement. The cell loses its points, with a reason the instructor and the learner can read,
 when
@@ -67,9 +68,14 @@ class MeasuredExecute(OutputLimits, Execute):
     phase = Unicode("", help="targets to use; default: the assignment folder's name").tag(config=True)
     notebook_timeout = Integer(1800, help="seconds for the whole notebook; later cells are not run").tag(config=True)
     iopub_timeout = Integer(30, help="seconds to wait for a cell's last outputs (an interrupted Ray pipeline takes a while)").tag(config=True)
-    trusted_tests = List(["01_foundation", "02_advanced_processing"],
+    trusted_tests = List(["01_foundation", "02_advanced_processing", "03_production_systems", "04_production_deployment"],
                          help="assignments whose graded test cells run in the grader's own kernel, never the learner's").tag(config=True)
-    setup_cell = Unicode("setup", help="grade id of the locked setup cell the grader's kernel runs first").tag(config=True)
+    setup_cells = List(["setup", "inputs"], help="grade ids of the locked cells the grader's kernel runs first "
+                       "(the setup, and the inputs the run cells give the learner's code)").tag(config=True)
+    final_cell = Unicode("shutdown", help="grade id of the cell before which the grader grades, while the "
+                         "learner's kernel still runs (so hidden tests can ask it questions)").tag(config=True)
+    serve_cells = List(["run_service"], help="cells after which the grader counts the Serve processes left").tag(config=True)
+    max_questions = Integer(16, help="questions one test cell may ask the learner's kernel").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         phase = self.phase or (resources or {}).get("nbgrader", {}).get("assignment", "")
@@ -80,10 +86,12 @@ class MeasuredExecute(OutputLimits, Execute):
         self._unfinished = []  # cells stopped at a time limit (later NameErrors are explained by them)
         self._deadline = time.monotonic() + self.notebook_timeout if self.notebook_timeout > 0 else None
         self._limit = None
+        self._graded = False  # the grader's pass has run
+        self._serve_left = None  # Serve processes the grader counted after the service cell
         self.start_notebook()
         self.timeout_func = lambda cell: self._limit
         nb, resources = super().preprocess(nb, resources, km=km)  # the learner's kernel is shut down here
-        if self._deferred:
+        if self._deferred and not self._graded:  # the learner's kernel stopped early: its questions go unanswered
             self.grade_in_own_kernel(nb, resources)
         graded_here = {id(c) for c in self._deferred}  # their reports are the grader's own measurement
         self.cross_check([c for c in nb.cells if id(c) not in graded_here], UTILIZATION_TARGETS.get(phase, {}))
@@ -91,30 +99,42 @@ class MeasuredExecute(OutputLimits, Execute):
 
     def grade_in_own_kernel(self, nb, resources) -> None:
         """Run the deferred test cells in a fresh kernel of the grader's that the learner's code
-        never touched: it runs the locked setup cell, reads the results the run cells published
-        (`graders.grading.publish`) and the grader's own utilization measurement, then the tests."""
+        never touched: it runs the locked setup cells, reads the results the run cells published
+        (`graders.handover.publish`) and the grader's own measurements, then the tests. A hidden
+        test's questions for the learner's functions are answered by the learner's kernel while
+        it still runs (`_answer_questions`)."""
         import shutil
         import tempfile
         from pathlib import Path
 
+        from graders.handover import _copy_files
+
+        self._graded = True
         run = Path((resources or {}).get("metadata", {}).get("path") or ".")
         own = Path(tempfile.mkdtemp(prefix="course-grader-"))
         try:
             if (run / "results").is_dir():
-                shutil.copytree(run / "results", own / "results", symlinks=True)
+                _copy_files(str(run / "results"), str(own / "results"))  # regular files only, capped
+            for folder in ("questions", "answers"):
+                (own / folder).mkdir()
             report = None
             if self._outside is not None:
                 report = str(own / "outside_report.json")
                 Path(report).write_text(json.dumps(self._outside.to_dict(timeline=True)))
-            setup = next((c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == self.setup_cell), "")
+            if self._serve_left is not None:
+                (own / "measured.json").write_text(json.dumps({"serve_left": self._serve_left}))
+            setup = [c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") in self.setup_cells]
             expected, measured = _published(nb.cells, self.measured_cells)
+            env = {"COURSE_GRADER": "1", "COURSE_QUESTIONS": str(own / "questions"), "COURSE_ANSWERS": str(own / "answers"),
+                   "COURSE_MEASURED": str(own / "measured.json")}
             preamble = NotebookNode(cell_type="code", metadata={}, outputs=[], execution_count=None, source="\n".join([
-                "import os", 'os.environ["COURSE_GRADER"] = "1"', setup,
-                "from graders.grading import load_results as _load_results",
+                "import os", f"os.environ.update({env!r})", *setup,
+                "from graders.handover import load_results as _load_results",
                 f"globals().update(_load_results({str(own / 'results')!r}, {expected!r}, {report!r}, {measured!r}, "
                 f"{self._unfinished!r}))"]))
             cells = [preamble, *self._deferred]
             grader = GraderExecute(config=self.config, parent=self.parent, kernel_name=self.kernel_name)
+            grader.ask_learner = lambda: self._answer_questions(run, own)
             # The grader's own time is not the learner's: a notebook that used its whole limit still
             # gets its tests run, each within the cell limit (the class runner's margin covers this pass).
             grader.deadline = None
@@ -129,10 +149,54 @@ class MeasuredExecute(OutputLimits, Execute):
             shutil.rmtree(own, ignore_errors=True)
 
     def preprocess_cell(self, cell, resources, index):
-        cell, resources = self._run_cell(cell, resources, index)
-        if self._trusted and index == len(self.nb.cells) - 1 and not self._stopped:
+        final = (cell.metadata.get("nbgrader", {}).get("grade_id") == self.final_cell
+                 and not any(_is_test(c) for c in self.nb.cells[index:]))
+        if self._trusted and final and not self._stopped and not self._graded:
             self._hand_over(resources)
+            self.grade_in_own_kernel(self.nb, resources)
+        cell, resources = self._run_cell(cell, resources, index)
+        if self._trusted and index == len(self.nb.cells) - 1 and not self._stopped and not self._graded:
+            self._hand_over(resources)
+            self.grade_in_own_kernel(self.nb, resources)
         return cell, resources
+
+    def _answer_questions(self, run, own) -> bool:
+        """The grader's kernel asked the learner's functions questions (graders.handover.Learner):
+        hand them to the learner's kernel, which answers with `graders.handover.answer()` while it
+        still runs; bring the answers back as files. False when nothing was asked."""
+        import shutil
+
+        from graders.handover import _copy_files
+
+        asked = [q.name for q in sorted((own / "questions").iterdir()) if not (own / "answers" / q.name / "answer.json").exists()]
+        if not asked:
+            return False
+        why = f"the notebook's kernel had stopped ({self._stopped})" if self._stopped else None
+        if why is None and self._graded and self.kc is not None:
+            for name in asked:
+                shutil.rmtree(run / "questions" / name, ignore_errors=True)
+                _copy_files(str(own / "questions" / name), str(run / "questions" / name))
+            self._limit = self.timeout if self.timeout and self.timeout > 0 else None
+            try:
+                self.execute_cell(NotebookNode(cell_type="code", source="__import__('graders.handover').handover.answer()",
+                                               metadata={}, outputs=[], execution_count=None), len(self.nb.cells),
+                                  store_history=False)
+            except Exception as exc:  # the learner's kernel: whatever happens there, the grader goes on
+                self.log.warning("The learner's kernel did not answer: %s", exc)
+            for name in asked:
+                try:
+                    if (run / "answers" / name / "answer.json").is_file():
+                        _copy_files(str(run / "answers" / name), str(own / "answers" / name))
+                except OSError as exc:
+                    (own / "answers" / name).mkdir(parents=True, exist_ok=True)
+                    (own / "answers" / name / "answer.json").write_text(json.dumps({"error": f"its answer was not read: {exc}"}))
+            why = f"the notebook's kernel gave no answer within the cell time limit of {self._limit} s"
+        for name in asked:
+            out = own / "answers" / name / "answer.json"
+            if not out.exists():
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps({"error": why or "the notebook's kernel was not running"}))
+        return True
 
     def _hand_over(self, resources) -> None:
         """The learner's pass is over and its kernel still runs: publish what the run cells should
@@ -191,14 +255,67 @@ class MeasuredExecute(OutputLimits, Execute):
 
     def _execute(self, cell, resources, index):
         gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in self.serve_cells:
+            try:
+                return super().preprocess_cell(cell, resources, index)
+            finally:
+                self._serve_left = self._count_serve_processes()
         if gid not in self.measured_cells:
             return super().preprocess_cell(cell, resources, index)
-        monitor = UtilizationMonitor()
+        monitor = UtilizationMonitor(scope=self._run_scope())
         try:
             with monitor:
                 return super().preprocess_cell(cell, resources, index)
         finally:  # its report exists once the monitor has stopped, also when the kernel died
             self._outside = monitor.report
+
+    def _run_scope(self) -> dict | None:
+        """The learner's run, for the outside measurement: the sandbox's cgroup; else the kernel's
+        process tree; on a Ray cluster (workers elsewhere), the whole machine."""
+        cgroup = getattr(self.km, "cgroup", None)
+        if cgroup is not None:
+            return cgroup.meter_scope()
+        if os.environ.get("RAY_ADDRESS"):
+            return None
+        try:
+            return {"pid": self.km.provisioner.process.pid}
+        except AttributeError:
+            return None
+
+    def _count_serve_processes(self, wait_s: float = 15.0) -> list[str]:
+        """The Ray Serve processes of this run still alive after the service cell, counted by the
+        grader: in the sandbox's cgroup; else among the kernel's descendants; on a cluster (whose
+        workers are not the kernel's children), on this whole machine."""
+        import psutil
+
+        from graders.session import SERVE_PROCESSES, serve_processes
+
+        def titles(procs) -> list[str]:
+            found = []
+            for proc in procs:
+                try:
+                    title = " ".join(proc.cmdline()).strip()
+                except psutil.Error:
+                    continue
+                if title.startswith(SERVE_PROCESSES):
+                    found.append(title.split(".")[0] if title.startswith("ray::ServeController") else title.split(" ")[0])
+            return sorted(found)
+
+        def count() -> list[str]:
+            cgroup = getattr(self.km, "cgroup", None)
+            if cgroup is not None:
+                return titles(psutil.Process(p) for p in cgroup.pids() if psutil.pid_exists(p))
+            if os.environ.get("RAY_ADDRESS"):
+                return serve_processes()
+            try:
+                return titles(psutil.Process(self.km.provisioner.process.pid).children(recursive=True))
+            except (AttributeError, psutil.Error):
+                return serve_processes()
+
+        deadline = time.monotonic() + wait_s  # Serve's replicas take a moment to exit
+        while (left := count()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return left
 
     def _set_limit(self, notebook_left: float | None) -> None:
         """This cell's limit, and the error nbclient records when it runs out (read at that moment)."""
@@ -277,9 +394,12 @@ class MeasuredExecute(OutputLimits, Execute):
 
 class GraderExecute(MeasuredExecute):
     """The grader's own kernel: the setup preamble (cell 0), then the test cells, with the same
-    cell limit, caps and notes as the learner's. A failed preamble fails every test with its reason."""
+    cell limit, caps and notes as the learner's. A failed preamble fails every test with its reason.
+    A test cell that asked the learner's functions a question (`graders.handover.Learner`) runs
+    again once `ask_learner()` has the answers, up to `max_questions` times."""
 
     deadline = None  # a time.monotonic() after which no cell runs; None: only the cell limit
+    ask_learner = None  # () -> bool: answers the questions asked so far; False when none were new
 
     def preprocess(self, nb, resources=None, km=None):
         self._trusted, self._deferred, self._outside = False, [], None
@@ -290,7 +410,10 @@ class GraderExecute(MeasuredExecute):
         return Execute.preprocess(self, nb, resources, km=km)
 
     def preprocess_cell(self, cell, resources, index):
-        cell, resources = super().preprocess_cell(cell, resources, index)
+        for _ in range(self.max_questions):
+            cell, resources = super().preprocess_cell(cell, resources, index)
+            if index == 0 or self._stopped or self.ask_learner is None or not self.ask_learner():
+                break
         if index == 0 and not self._stopped:
             errors = [o for o in cell.outputs if o.output_type == "error"]
             if errors:

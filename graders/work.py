@@ -1,0 +1,129 @@
+"""Did the model do the pipeline's work, in the measured run? (Phases 1 and 2.)
+
+Utilization and speed earn points only for work the model did. `expect_model_work(run, kind)`:
+
+1. **The outputs are the model's.** A sample of the run's rows is computed again here, from the
+   same inputs, with the course's reference model (EfficientNet-Lite0 labels and features for
+   images, all-MiniLM-L6-v2 embeddings for review texts). A constant label, random features or
+   copied ratings do not match.
+2. **They were computed in the measured run.** On a CPU, the run's own CPU time (measured by the
+   monitor for exactly the run's processes, see `graders.telemetry`) must cover at least
+   `WORK_SHARE` of what the model needs for all its rows, at the CPU time per row measured here on
+   the sample. Rows computed before the run and only handed out during it arrive without that
+   work. CPU time, unlike wall time, hardly moves when other load shares the machine.
+
+Under grading this runs in the grader's kernel, on the results the notebook handed over and the
+grader's own measurement; in JupyterLab it runs in your kernel, on your own.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from graders.checks import CheckFailed
+
+WORK_SHARE = 0.5  # the run's CPU time must cover this share of the model's CPU time for its rows
+MATCH_SHARE = 0.75  # sampled rows that must match the reference model (GPU arithmetic differs a little)
+COSINE = 0.99  # a feature vector or embedding matches at this cosine similarity or above
+_checked: dict[int, str | None] = {}  # id(run) -> why it failed (None: passed): checked once per run
+
+
+def expect_model_work(run, kind: str, sample: int = 8, seed: int = 2026) -> None:
+    """CheckFailed unless `run` (a PipelineRun) holds the reference model's outputs, computed in
+    that run. `kind`: "image" (Phase 1: path, label, features) or "text" (Phase 2: review_id,
+    embedding)."""
+    key = id(run)
+    if key not in _checked:
+        try:
+            _checked[key] = _why_not(run, kind, sample, seed)
+        except Exception as exc:  # files and rows a notebook produced: anything may be wrong with them
+            _checked[key] = f"the grader could not recompute a sample of your rows ({type(exc).__name__}: {exc})"
+    if _checked[key]:
+        raise CheckFailed(f"this point needs the model's own work in the measured run: {_checked[key]}")
+
+
+def _why_not(run, kind: str, sample: int, seed: int) -> str | None:
+    table = run.table()
+    if table.num_rows == 0:
+        return "the run produced no rows"
+    rows = np.random.default_rng(seed).choice(table.num_rows, size=min(sample, table.num_rows), replace=False)
+    matched, seconds = (_images if kind == "image" else _texts)(table, sorted(int(r) for r in rows))
+    if matched < MATCH_SHARE * len(rows):
+        return (f"{len(rows) - matched} of {len(rows)} sampled rows differ from what the reference model computes "
+                f"for the same {'image' if kind == 'image' else 'review'} (a stage that skips or fakes the model?)")
+    print(f"model check: {matched} of {len(rows)} sampled rows match the reference model")
+    report = run.report
+    used = getattr(report, "run_cpu_seconds", None)
+    if report is None or used is None or report.device != "cpu":
+        return None  # no attributable CPU time (a cluster, a GPU run): the outputs are the check
+    needed = seconds / len(rows) * table.num_rows
+    print(f"work check: the run used {used:.1f} CPU-s; the model needs about {needed:.1f} CPU-s for "
+          f"{table.num_rows:,} rows ({seconds / len(rows) * 1000:.0f} ms each, measured here)")
+    if used < WORK_SHARE * needed:
+        return (f"the run used {used:.1f} s of CPU time, but the model needs about {needed:.1f} s for its "
+                f"{table.num_rows:,} rows: were they computed before the measured run?")
+    return None
+
+
+def _cpu_time(fn):
+    """fn()'s value and the CPU time it took, on one torch thread: threads that wait for each
+    other spin, and on a busy machine that spinning would multiply the cost per row (measured
+    here: 6 ms a review idle, 105 ms beside one busy process, with two threads)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.process_time()
+        value = fn()
+        return value, time.process_time() - start
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _images(table, rows) -> tuple[int, float]:
+    """(rows whose label and features match EfficientNet-Lite0 on their image, CPU-s for the sample)."""
+    import torch
+    from PIL import Image
+
+    from graders import data, models
+
+    root = data.paths().images
+    fs, base = data.filesystem(root)
+    pixels = []
+    for r in rows:
+        path = str(table.column("path")[r].as_py())
+        name = path.rsplit("/", 1)[-1]
+        if not name or "/" + name not in "/" + path or ".." in name:
+            raise ValueError(f"{path!r} is not an image file of the course")
+        with fs.open_input_file(f"{base.rstrip('/')}/{name}") as f:  # the course's file of that name, never the row's path
+            pixels.append(models.preprocess_image(np.asarray(Image.open(f))))
+    model = models.load_vision_model("cpu")
+    batch = torch.as_tensor(np.stack(pixels))
+    models.vision_forward(model, batch[:1])  # warm up: the first call allocates
+    (features, logits), seconds = _cpu_time(lambda: models.vision_forward(model, batch))
+    labels = [models.imagenet_label(i) for i in logits.argmax(1).tolist()]
+    got = np.stack(table.column("features").take(rows).to_numpy(zero_copy_only=False)).astype(np.float32)
+    want = features.numpy()
+    cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1) + 1e-12)
+    same = [a == b and c >= COSINE for a, b, c in zip(table.column("label").take(rows).to_pylist(), labels, cosine)]
+    return sum(same), seconds
+
+
+def _texts(table, rows) -> tuple[int, float]:
+    """(rows whose embedding matches all-MiniLM-L6-v2 on their review's text, CPU-s for the sample)."""
+    from graders import data, models
+
+    reviews = data.read_reviews(data.paths().reviews)
+    text = dict(zip(reviews.column("review_id").to_pylist(), reviews.column("text").to_pylist()))
+    ids = table.column("review_id").take(rows).to_pylist()
+    if any(i not in text for i in ids):
+        return 0, 0.0
+    tokenizer, model = models.load_text_model("cpu")
+    models.embed_texts(tokenizer, model, [text[ids[0]]])  # warm up: the first call allocates
+    want, seconds = _cpu_time(lambda: models.embed_texts(tokenizer, model, [data.clean_review_text(text[i]) for i in ids]))
+    got = np.stack(table.column("embedding").take(rows).to_numpy(zero_copy_only=False)).astype(np.float32)
+    cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1) + 1e-12)
+    return int((cosine >= COSINE).sum()), seconds

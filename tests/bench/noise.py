@@ -1,0 +1,196 @@
+"""Grades that do not move with the machine's load: Phases 1 and 2, idle and beside a neighbour.
+
+Each submission is graded K times idle and K times while a bounded neighbour outside the run
+keeps every core busy (one busy process per core), alternating, in one run, through the real
+`nbgrader autograde` with the sandbox (`graders.cli.grade_notebook`). Prints a table of scores
+per condition, and the cells a submission must never earn:
+
+- reference: every point, every run;
+- naive (Phase 2): a correct pipeline in the slow pattern: never efficiency or speedup;
+- sleeping: sleeps in its model stage and patches its utilization reports to 100 %: never the
+  utilization cell;
+- fake: no model, a busy loop beside constant or random outputs: never the utilization,
+  efficiency or speedup cells;
+- precomputed: the model's outputs computed in the solution cell, before the measured run, and
+  handed out during it: never the utilization, efficiency or speedup cells.
+
+    make bench-noise                     # or: PYTHONPATH=tests .venv/bin/python tests/bench/noise.py
+    BENCH_K=1 BENCH_PHASES=01_foundation make bench-noise   # a quicker look
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+import bad_submissions
+from conftest import solution_cell
+from test_autograde_phase2 import NAIVE
+
+from graders.cli import grade_notebook
+
+ROOT = Path(__file__).resolve().parents[2]
+K = int(os.environ.get("BENCH_K", 3))
+PHASES = os.environ.get("BENCH_PHASES", "01_foundation,02_advanced_processing").split(",")
+UTILIZATION = {"01_foundation": ("accelerator_stage",), "02_advanced_processing": ("accelerator_utilization",)}
+SPEED = {"01_foundation": (), "02_advanced_processing": ("efficiency", "speedup")}
+
+PRECOMPUTED_IMAGES = '''
+_images = ray.data.read_images(paths.images, mode="RGB", include_paths=True).take_all()
+_model = gr.models.load_vision_model("cpu")
+_features, _logits = gr.models.vision_forward(_model, torch.as_tensor(np.stack([gr.models.preprocess_image(r["image"]) for r in _images])))
+_score, _index = _logits.softmax(dim=1).max(dim=1)
+_cached = pa.table({"product_id": [gr.data.product_id_from_path(r["path"]) for r in _images], "path": [r["path"] for r in _images],
+                    "label": [gr.models.imagenet_label(i) for i in _index.tolist()], "score": _score.numpy().astype(np.float32),
+                    "features": __import__("ray.data._internal.tensor_extensions.arrow", fromlist=["x"]).ArrowTensorArray.from_numpy(_features.numpy()),
+                    "device": ["cpu"] * len(_images)})
+
+
+def build_image_pipeline(images_path, res):
+    return ray.data.from_arrow(_cached).repartition(target_num_rows_per_block=16)
+'''
+
+PRECOMPUTED_TEXTS = '''from ray.data._internal.tensor_extensions.arrow import ArrowTensorArray
+_tok, _model = gr.models.load_text_model("cpu")
+_reviews = gr.data.read_reviews(paths.reviews, kept=True)
+_vectors = np.concatenate([gr.models.embed_texts(_tok, _model, _reviews["text"].to_pylist()[i:i + 256])
+                           for i in range(0, _reviews.num_rows, 256)])
+_cached = pa.table({"review_id": _reviews["review_id"], "product_id": _reviews["product_id"],
+                    "embedding": ArrowTensorArray.from_numpy(_vectors)})
+
+
+def build_embedding_pipeline(reviews_path, res):
+    return ray.data.from_arrow(_cached).repartition(target_num_rows_per_block=64)
+'''
+
+FAKE_TEXTS = '''def build_embedding_pipeline(reviews_path, res):
+    def fake(batch):
+        import time as _time
+
+        end = _time.monotonic() + 0.2  # busy, as if the model ran
+        while _time.monotonic() < end:
+            pass
+        texts = [gr.data.clean_review_text(t) for t in batch["text"]]
+        keep = np.array([bool(t) for t in texts], dtype=bool)
+        vectors = np.random.default_rng(0).normal(size=(int(keep.sum()), 384)).astype(np.float32)
+        return {"review_id": batch["review_id"][keep], "product_id": batch["product_id"][keep],
+                "embedding": vectors / np.linalg.norm(vectors, axis=1, keepdims=True)}
+
+    return ray.data.read_parquet(reviews_path).repartition(target_num_rows_per_block=64).map_batches(fake, batch_size=None)
+'''
+
+
+def _replace(source: str):
+    def mutate(nb, gid):
+        solution_cell(nb, gid).source = source.strip() + "\n"
+        return nb
+
+    return mutate
+
+
+def _sleeping(gid: str, anchor: str, sleep: str):
+    def mutate(nb, _gid):
+        cell = solution_cell(nb, gid)
+        assert anchor in cell.source, anchor
+        cell.source = cell.source.replace(anchor, anchor + sleep) + "\n" + bad_submissions.FAKE_TELEMETRY
+        return nb
+
+    return mutate
+
+
+SUBMISSIONS = {
+    "01_foundation": {
+        "reference": None,
+        "sleeping": bad_submissions.KINDS["faked_telemetry"].mutate,
+        "fake": bad_submissions.KINDS["fake_model"].mutate,
+        "precomputed": lambda nb: _replace(PRECOMPUTED_IMAGES)(nb, "image_pipeline"),
+    },
+    "02_advanced_processing": {
+        "reference": None,
+        "naive": lambda nb: _replace(NAIVE)(nb, "embedding_pipeline"),
+        "sleeping": lambda nb: _sleeping("embedding_pipeline", "        def __call__(self, batch):\n",
+                                         "            __import__('time').sleep(1.0)\n")(nb, None),
+        "fake": lambda nb: _replace(FAKE_TEXTS)(nb, "embedding_pipeline"),
+        "precomputed": lambda nb: _replace(PRECOMPUTED_TEXTS)(nb, "embedding_pipeline"),
+    },
+}
+
+
+def never(phase: str, name: str) -> set[str]:
+    """The cells this submission must never earn."""
+    if name == "reference":
+        return set()
+    if name == "naive":
+        return set(SPEED[phase])
+    if name == "sleeping":
+        return set(UTILIZATION[phase])
+    return set(UTILIZATION[phase]) | set(SPEED[phase])
+
+
+def grade(phase: str, name: str, mutate) -> list[dict]:
+    nb = nbformat.read(ROOT / "solutions" / phase / "04_validation.ipynb", as_version=4)
+    if mutate is not None:
+        nb = mutate(nb)
+    with tempfile.TemporaryDirectory(prefix="bench-noise-") as tmp:
+        path = Path(tmp) / "04_validation.ipynb"
+        nbformat.write(nb, path)
+        return grade_notebook(ROOT / "solutions" / phase, path, student=name)
+
+
+def neighbour(loaded: bool):
+    if not loaded:
+        return []
+    spin = "import time\nend = time.monotonic() + 900\nwhile time.monotonic() < end: pass"
+    return [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(len(os.sched_getaffinity(0)))]
+
+
+def main() -> int:
+    rows, problems = [], []
+    for phase in PHASES:
+        for name, mutate in SUBMISSIONS[phase].items():
+            results = {False: [], True: []}
+            for k in range(K):
+                for loaded in (k % 2 == 1, k % 2 == 0):  # alternate which condition goes first
+                    busy = neighbour(loaded)
+                    start = time.monotonic()
+                    try:
+                        cells = grade(phase, name, mutate)
+                    finally:
+                        for p in busy:
+                            p.kill()
+                            p.wait()
+                    points = sum(c["points"] for c in cells)
+                    most = sum(c["max_points"] for c in cells)
+                    earned = {c["id"] for c in cells if c["passed"]} & never(phase, name)
+                    inconclusive = sum("inconclusive" in c["reason"] for c in cells)
+                    results[loaded].append((points, earned, inconclusive))
+                    if name == "reference" and points < most:
+                        problems.append(f"{phase} reference {'loaded' if loaded else 'idle'}: {points}/{most}: "
+                                        + "; ".join(f"{c['id']}: {c['reason']}" for c in cells if not c["passed"]))
+                    if earned:
+                        problems.append(f"{phase} {name} {'loaded' if loaded else 'idle'} earned {sorted(earned)}")
+                    print(f"{phase} {name:12s} {'loaded' if loaded else 'idle  '} {points:g}/{most:g} "
+                          f"in {time.monotonic() - start:.0f} s; unearned points taken: {sorted(earned) or 'none'}", flush=True)
+            for loaded in (False, True):
+                if sum(i for _, _, i in results[loaded]) > 1:
+                    problems.append(f"{phase} {name} {'loaded' if loaded else 'idle'}: more than one inconclusive")
+            rows.append((phase, name, most, results))
+    print(f"\n| phase | submission | idle (K={K}) | loaded, {len(os.sched_getaffinity(0))} busy processes (K={K}) | must never earn |")
+    print("| --- | --- | --- | --- | --- |")
+    for phase, name, most, results in rows:
+        cols = [", ".join(f"{p:g}" + (" (took " + ", ".join(sorted(e)) + ")" if e else "") for p, e, _ in results[c])
+                for c in (False, True)]
+        print(f"| {phase} | {name} | {cols[0]} of {most:g} | {cols[1]} of {most:g} | {', '.join(sorted(never(phase, name))) or '-'} |")
+    for p in problems:
+        print("PROBLEM:", p)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""graders.work: a utilization point counts only for the model's own work in the measured run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from graders import data, models, work
+from graders.checks import CheckFailed
+from graders.grading import PipelineRun
+from graders.telemetry import UtilizationReport
+
+pytestmark = pytest.mark.slow  # loads the course's models and data
+
+
+def _report(cpu_run: float, seconds: float = 10.0) -> UtilizationReport:
+    """A measurement of the run's own processes: `cpu_run` % of 2 cores for `seconds`."""
+    samples = [{"t": i * 0.1, "cpu": 90.0, "gpu": [], "gpu_mem": [], "cpu_run": cpu_run, "cpu_wait": 0.0}
+               for i in range(int(seconds * 10))]
+    return UtilizationReport.from_samples(samples, {"gpus": [], "nvml": "none here", "cpu_count": 2, "scope": "a test"}, 0.1)
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    data.prepare()
+    table = data.read_reviews(kept=True).slice(0, 12)
+    tokenizer, model = models.load_text_model("cpu")
+    embedding = models.embed_texts(tokenizer, model, table.column("text").to_pylist())
+    from ray.data._internal.tensor_extensions.arrow import ArrowTensorArray
+
+    return table.column("review_id"), embedding, ArrowTensorArray
+
+
+def _run(ids, vectors, tensor, report) -> PipelineRun:
+    return PipelineRun("your pipeline", rows=pa.table({"review_id": ids, "embedding": tensor.from_numpy(vectors)}),
+                       report=report)
+
+
+def test_the_models_own_embeddings_computed_in_the_run_pass(reviews):
+    ids, vectors, tensor = reviews
+    work.expect_model_work(_run(ids, vectors, tensor, _report(90.0)), "text")
+
+
+def test_embeddings_computed_before_the_measured_run_earn_nothing(reviews):
+    ids, vectors, tensor = reviews
+    with pytest.raises(CheckFailed, match="were they computed before the measured run"):
+        work.expect_model_work(_run(ids, vectors, tensor, _report(0.0)), "text")
+
+
+def test_random_embeddings_earn_nothing_however_busy_the_cpu(reviews):
+    ids, vectors, tensor = reviews
+    noise = np.random.default_rng(0).normal(size=vectors.shape).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    with pytest.raises(CheckFailed, match="sampled rows differ from what the reference model computes"):
+        work.expect_model_work(_run(ids, noise, tensor, _report(100.0)), "text")
+
+
+def test_a_constant_label_with_random_features_earns_nothing():
+    from pyarrow import fs as pafs
+    from ray.data._internal.tensor_extensions.arrow import ArrowTensorArray
+
+    root = data.prepare().images
+    fs, base = data.filesystem(root)
+    files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(base)) if f.is_file)[:6]
+    features = np.random.default_rng(1).random((len(files), 1280), dtype=np.float32)
+    rows = pa.table({"path": files, "label": ["tabby cat"] * len(files), "features": ArrowTensorArray.from_numpy(features)})
+    with pytest.raises(CheckFailed, match="sampled rows differ"):
+        work.expect_model_work(PipelineRun("image pipeline", rows=rows, report=_report(100.0)), "image")
