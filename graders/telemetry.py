@@ -250,7 +250,7 @@ class _RunMeter:
         used = min(100.0, 100.0 * run / capacity)
         others = max(0.0, machine - used)
         waited = min(100.0 * wait / capacity, others, 100.0 - used) if self.schedstat else 0.0
-        return {"cpu_run": used, "cpu_wait": waited}
+        return {"cpu_run": used, "cpu_wait": waited, "cpu_run_s": run / 1e9}
 
 
 # ---------------------------------------------------------------- sampler process
@@ -262,6 +262,11 @@ def _system_sampler(scope: dict | None = None):
     """
     nvml, handles, names, error = _probe_nvml()
     cores = _own_cpus()
+    if scope and os.geteuid() == 0:
+        try:  # the grader's meter keeps its beat on a busy machine (it needs a few ms a second)
+            os.setpriority(os.PRIO_PROCESS, 0, -10)
+        except OSError:
+            pass
     meter = _RunMeter(scope, len(cores) if cores else psutil.cpu_count() or 1) if scope else None
     psutil.cpu_percent(interval=None, percpu=True)  # the first call only sets the baseline
 
@@ -309,7 +314,7 @@ def _sampler_main(data, stop, interval, parent_pid, sampler=None, device_info=No
                 "cpu": float(s["cpu"]),
                 "gpu": [float(v) for v in s.get("gpu", [])],
                 "gpu_mem": [float(v) for v in s.get("gpu_mem", [])],
-                **{k: float(s[k]) for k in ("cpu_run", "cpu_wait") if s.get(k) is not None},
+                **{k: float(s[k]) for k in ("cpu_run", "cpu_wait", "cpu_run_s") if s.get(k) is not None},
             }))
     except (EOFError, BrokenPipeError):
         pass  # the parent has gone away
@@ -412,7 +417,7 @@ class UtilizationReport:
         timeline = [{"t": float(s["t"]), "cpu": float(s["cpu"]),
                      "gpu": [float(v) for v in s.get("gpu", [])],
                      "gpu_mem": [float(v) for v in s.get("gpu_mem", [])],
-                     **{k: float(s[k]) for k in ("cpu_run", "cpu_wait") if s.get(k) is not None}} for s in samples]
+                     **{k: float(s[k]) for k in ("cpu_run", "cpu_wait", "cpu_run_s") if s.get(k) is not None}} for s in samples]
         own = bool(timeline) and all("cpu_run" in s for s in timeline)  # the run's own CPU, not the machine's
         run_cpu = [s["cpu_run"] if own else s["cpu"] for s in timeline]
         names = [str(n) for n in info.get("gpus") or []]
@@ -443,8 +448,11 @@ class UtilizationReport:
         report.cpu_mean, report.cpu_p50, report.cpu_p90 = _stats([run_cpu[i] for i in inside])
         report.machine_cpu_mean = _stats([s["cpu"] for s in window])[0]
         if own:
-            cores = int(info.get("cpu_count") or psutil.cpu_count() or 1)
-            report.run_cpu_seconds = sum(s["cpu_run"] for s in timeline) / 100.0 * cores * float(interval)
+            if all("cpu_run_s" in s for s in timeline):  # measured CPU time, whatever the beat was
+                report.run_cpu_seconds = sum(s["cpu_run_s"] for s in timeline)
+            else:
+                cores = int(info.get("cpu_count") or psutil.cpu_count() or 1)
+                report.run_cpu_seconds = sum(s["cpu_run"] for s in timeline) / 100.0 * cores * float(interval)
             report.run_cpu_mean = _stats([s["cpu_run"] for s in window])[0]
             report.wait_mean = _stats([s.get("cpu_wait", 0.0) for s in window])[0]
         for i in range(report.gpu_count):

@@ -108,3 +108,32 @@ def test_no_sandbox_on_a_ray_cluster(monkeypatch):
     assert "10.0.0.1:6379" in sandbox.on_cluster()
     monkeypatch.delenv("RAY_ADDRESS")
     assert sandbox.on_cluster() is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/proc/self/autogroup").exists(),
+                    reason="a higher priority needs root, and sessions' priorities need sched_autogroup")
+def test_every_session_of_a_run_gets_the_runs_priority(tmp_path):
+    """Linux shares the CPU between sessions first: the kernel's session and one the learner's
+    code starts with setsid both get the graded run's priority, so `nice` reaches them."""
+    import asyncio
+
+    async def main():
+        os.chmod(tmp_path, 0o777)
+        km = sandbox.SandboxedKernelManager(kernel_name="python3")
+        await km.start_kernel(cwd=str(tmp_path))
+        try:
+            kc = km.client()
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=60)
+            pid = next(p for p in km.cgroup.pids() if "ipykernel" in Path(f"/proc/{p}/cmdline").read_text())
+            await kc.execute_interactive("import subprocess; subprocess.Popen(['setsid', 'sleep', '30'])", timeout=30)
+            kc.stop_channels()
+            time.sleep(2 * km._priority.every_s + 0.5)
+            sessions = {os.getsid(p): Path(f"/proc/{p}/autogroup").read_text().split()[-1] for p in km.cgroup.pids()}
+            return sessions, os.getsid(pid)
+        finally:
+            await km.shutdown_kernel(now=True)
+
+    sessions, kernel = asyncio.run(main())
+    assert sessions[kernel] == str(sandbox.PRIORITY), sessions
+    assert len(sessions) >= 3 and set(sessions.values()) == {str(sandbox.PRIORITY)}, sessions

@@ -292,9 +292,16 @@ class SandboxedKernelManager(AsyncKernelManager):
         priority = ["nice", "-n", str(PRIORITY)] if root and PRIORITY else []
         return (self.cgroup.join_prefix() if self.cgroup else []) + priority + wrapped, kw
 
+    async def _async_post_start_kernel(self, **kw) -> None:
+        await super()._async_post_start_kernel(**kw)
+        if self.cgroup and PRIORITY:
+            self._priority = SessionPriority(self.cgroup).start()
+
     async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
         if self.cgroup and not restart:
             self._write_report()
+        if getattr(self, "_priority", None) and not restart:
+            self._priority.stop()
         await super()._async_shutdown_kernel(now=now, restart=restart)
 
     shutdown_kernel = _async_shutdown_kernel  # what nbclient calls (the base class binds its own)
@@ -336,6 +343,47 @@ class SandboxedKernelManager(AsyncKernelManager):
         reclaim(self._run)
         shutil.rmtree(self._sockets, ignore_errors=True)
 
+
+
+class SessionPriority:
+    """Give every session in the run's cgroup the run's priority, as sessions appear.
+
+    The kernel starts in a session of its own (jupyter_client, then bwrap's --new-session, then
+    whatever the learner's code starts with setsid), and Linux (sched_autogroup) shares the CPU
+    between sessions before it looks at a process's nice value: without this, `nice` would not
+    reach past the first session. Measured here, the model alone beside two busy processes: 57
+    rows/s in the sandbox with only `nice`, 297 with each session's nice set, 388 on an idle
+    machine."""
+
+    def __init__(self, cgroup: RunCgroup, every_s: float = 0.5):
+        import threading
+
+        self.cgroup, self.every_s = cgroup, every_s
+        self.done: set[int] = {os.getsid(0)}
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="sandbox-priority", daemon=True)
+
+    def start(self) -> "SessionPriority":
+        self.scan()
+        self.thread.start()
+        return self
+
+    def scan(self) -> None:
+        for pid in self.cgroup.pids():
+            try:
+                sid = os.getsid(pid)
+                if sid not in self.done:
+                    Path(f"/proc/{pid}/autogroup").write_text(str(PRIORITY))
+                    self.done.add(sid)
+            except OSError:  # gone, or no autogroups on this kernel
+                continue
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            self.scan()
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 def _tree(folder: Path):
