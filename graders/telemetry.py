@@ -479,8 +479,8 @@ class UtilizationReport:
                 f"(interval {self.interval_s:g} s)",
                 f"Steady window: {self.window_s[0]:.1f}-{self.window_s[1]:.1f} s "
                 f"({self.window_samples} samples)",
-                f"{self.device.upper()} utilization{' (this run)' if self.device == 'cpu' and self.run_cpu_mean is not None else ''}: "
-                f"mean {self.mean:.1f} %, p50 {self.p50:.1f} %, p90 {self.p90:.1f} %",
+                f"{self.device.upper()} utilization: mean {self.mean:.1f} %, p50 {self.p50:.1f} %, p90 {self.p90:.1f} %"
+                + (" (this run's processes)" if self.device == "cpu" and self.run_cpu_mean is not None else ""),
             ]
             if self.device == "gpu":
                 lines.append(f"CPU utilization: mean {self.cpu_mean:.1f} %")

@@ -19,6 +19,12 @@ def graded(source: str, gid: str, **meta):
     return cell
 
 
+def locked(source: str, gid: str):
+    cell = new_code_cell(source)
+    cell.metadata["nbgrader"] = {"grade_id": gid, "grade": False, "locked": True, "solution": False}
+    return cell
+
+
 def run(*cells, **traits):
     step = MeasuredExecute(kernel_name="python3", **{"timeout": 30, **traits})
     nb = new_notebook(cells=list(cells))
@@ -112,11 +118,6 @@ def test_trusted_tests_run_in_a_fresh_kernel_on_the_published_results(tmp_path, 
     learner's kernel that clears every error changes nothing there."""
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")  # publish writes only under autograde
 
-    def locked(source, gid):
-        cell = new_code_cell(source)
-        cell.metadata["nbgrader"] = {"grade_id": gid, "grade": False, "locked": True, "solution": False}
-        return cell
-
     cells = [
         locked("import os\nimport graders as gr\nfrom graders.grading import StepRun", "setup"),
         new_code_cell("answer = 41\nHOOKED = True\n"
@@ -137,11 +138,6 @@ def test_a_hidden_tests_questions_are_answered_by_the_learners_functions_which_n
     grader's kernel asks, the learner's kernel (still running, before the final cell) answers with
     its own function, and sees the inputs only: no line of the test."""
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
-
-    def locked(source, gid):
-        cell = new_code_cell(source)
-        cell.metadata["nbgrader"] = {"grade_id": gid, "grade": False, "locked": True, "solution": False}
-        return cell
 
     cells = [
         locked("import graders as gr\nfrom graders.grading import StepRun", "setup"),

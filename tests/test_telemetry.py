@@ -228,7 +228,7 @@ def test_a_neighbours_load_is_not_the_runs_own():
     assert idle.device == "cpu" and idle.mean < 5 and idle.machine_cpu_mean > 80, idle.summary()
     assert "this run" in idle.summary() and "the machine " in idle.summary()
     if os.geteuid() == 0:
-        assert loaded.mean > 80 and loaded.wait_mean is not None, loaded.summary()
+        assert loaded.mean > 70 and loaded.wait_mean is not None, loaded.summary()  # a fair share would be 50 %
     else:  # the neighbour takes its share: the run's own figure says so
         assert 20 < loaded.mean < 80 and loaded.wait_mean > 15, loaded.summary()
 
