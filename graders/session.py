@@ -248,17 +248,27 @@ SERVE_PROCESSES = ("ray::ServeController", "ray::ServeReplica", "ray::ProxyActor
 SERVE_LOGGING = {"log_level": "WARNING", "enable_access_log": False}
 
 
-def serve_processes() -> list[str]:
-    """Ray Serve processes alive on this machine (controller, replicas, HTTP proxies), by title.
+def serve_processes(procs=None) -> list[str]:
+    """Ray Serve processes alive on this machine (controller, replicas, HTTP proxies), by title;
+    or among `procs` (psutil processes: the grader passes a run's own).
 
     Ray names its worker processes after the actor they run ("ray::ServeReplica:app:Deployment");
     after `serve.shutdown()` none should be left.
     """
     import psutil
 
+    if procs is None:
+        cmdlines = [proc.info["cmdline"] for proc in psutil.process_iter(["cmdline"])]
+    else:
+        cmdlines = []
+        for proc in procs:
+            try:
+                cmdlines.append(proc.cmdline())
+            except psutil.Error:  # gone meanwhile
+                continue
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        title = " ".join(proc.info["cmdline"] or []).strip()
+    for cmdline in cmdlines:
+        title = " ".join(cmdline or []).strip()
         if title.startswith(SERVE_PROCESSES):
             found.append(title.split(".")[0] if title.startswith("ray::ServeController") else title.split(" ")[0])
     return sorted(found)

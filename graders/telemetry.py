@@ -157,6 +157,7 @@ class _RunMeter:
         self.primed = False
         self.tasks, self.listed = [], 0.0  # a process tree's threads, listed again each second
         self.t = time.monotonic()
+        self.usage = 0
         self.usage = self._usage()
         self._deltas()
 
@@ -172,8 +173,8 @@ class _RunMeter:
             return None
         try:
             text = open(path).read()
-        except OSError:
-            return self.usage if hasattr(self, "usage") else 0
+        except OSError:  # the cgroup is gone: nothing more was used
+            return self.usage
         if path.endswith("cpu.stat"):
             return next((int(line.split()[1]) * 1000 for line in text.splitlines() if line.startswith("usage_usec")), 0)
         return int(text.strip() or 0)

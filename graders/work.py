@@ -27,21 +27,19 @@ from graders.checks import CheckFailed
 WORK_SHARE = 0.5  # the run's CPU time must cover this share of the model's CPU time for its rows
 MATCH_SHARE = 0.75  # sampled rows that must match the reference model (GPU arithmetic differs a little)
 COSINE = 0.99  # a feature vector or embedding matches at this cosine similarity or above
-_checked: dict[int, str | None] = {}  # id(run) -> why it failed (None: passed): checked once per run
 
 
 def expect_model_work(run, kind: str, sample: int = 8, seed: int = 2026) -> None:
     """CheckFailed unless `run` (a PipelineRun) holds the reference model's outputs, computed in
     that run. `kind`: "image" (Phase 1: path, label, features) or "text" (Phase 2: review_id,
     embedding)."""
-    key = id(run)
-    if key not in _checked:
+    if not hasattr(run, "_model_work"):  # checked once per run, kept on the run (three cells ask)
         try:
-            _checked[key] = _why_not(run, kind, sample, seed)
+            run._model_work = _why_not(run, kind, sample, seed)
         except Exception as exc:  # files and rows a notebook produced: anything may be wrong with them
-            _checked[key] = f"the grader could not recompute a sample of your rows ({type(exc).__name__}: {exc})"
-    if _checked[key]:
-        raise CheckFailed(f"this point needs the model's own work in the measured run: {_checked[key]}")
+            run._model_work = f"the grader could not recompute a sample of your rows ({type(exc).__name__}: {exc})"
+    if run._model_work:
+        raise CheckFailed(f"this point needs the model's own work in the measured run: {run._model_work}")
 
 
 def _why_not(run, kind: str, sample: int, seed: int) -> str | None:

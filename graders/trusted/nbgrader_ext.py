@@ -151,14 +151,18 @@ class MeasuredExecute(OutputLimits, Execute):
     def preprocess_cell(self, cell, resources, index):
         final = (cell.metadata.get("nbgrader", {}).get("grade_id") == self.final_cell
                  and not any(_is_test(c) for c in self.nb.cells[index:]))
-        if self._trusted and final and not self._stopped and not self._graded:
-            self._hand_over(resources)
-            self.grade_in_own_kernel(self.nb, resources)
+        if final:  # before the notebook's last cell (it stops Ray)
+            self._grade_while_it_runs(resources)
         cell, resources = self._run_cell(cell, resources, index)
-        if self._trusted and index == len(self.nb.cells) - 1 and not self._stopped and not self._graded:
+        if index == len(self.nb.cells) - 1:  # a notebook without that cell
+            self._grade_while_it_runs(resources)
+        return cell, resources
+
+    def _grade_while_it_runs(self, resources) -> None:
+        """Hand the results over and grade, while the learner's kernel still runs to answer."""
+        if self._trusted and not self._stopped and not self._graded:
             self._hand_over(resources)
             self.grade_in_own_kernel(self.nb, resources)
-        return cell, resources
 
     def _answer_questions(self, run, own) -> bool:
         """The grader's kernel asked the learner's functions questions (graders.handover.Learner):
@@ -172,7 +176,7 @@ class MeasuredExecute(OutputLimits, Execute):
         if not asked:
             return False
         why = f"the notebook's kernel had stopped ({self._stopped})" if self._stopped else None
-        if why is None and self._graded and self.kc is not None:
+        if why is None and self.kc is not None:
             for name in asked:
                 shutil.rmtree(run / "questions" / name, ignore_errors=True)
                 _copy_files(str(own / "questions" / name), str(run / "questions" / name))
@@ -271,7 +275,7 @@ class MeasuredExecute(OutputLimits, Execute):
 
     def _run_scope(self) -> dict | None:
         """The learner's run, for the outside measurement: the sandbox's cgroup; else the kernel's
-        process tree; on a Ray cluster (workers elsewhere), the whole machine."""
+        process tree; on a Ray cluster (workers elsewhere), the whole machine (None)."""
         cgroup = getattr(self.km, "cgroup", None)
         if cgroup is not None:
             return cgroup.meter_scope()
@@ -282,38 +286,30 @@ class MeasuredExecute(OutputLimits, Execute):
         except AttributeError:
             return None
 
-    def _count_serve_processes(self, wait_s: float = 15.0) -> list[str]:
-        """The Ray Serve processes of this run still alive after the service cell, counted by the
-        grader: in the sandbox's cgroup; else among the kernel's descendants; on a cluster (whose
-        workers are not the kernel's children), on this whole machine."""
+    def _run_processes(self) -> list | None:
+        """The processes of `_run_scope()` (psutil), or None for the whole machine."""
         import psutil
 
-        from graders.session import SERVE_PROCESSES, serve_processes
-
-        def titles(procs) -> list[str]:
-            found = []
-            for proc in procs:
-                try:
-                    title = " ".join(proc.cmdline()).strip()
-                except psutil.Error:
-                    continue
-                if title.startswith(SERVE_PROCESSES):
-                    found.append(title.split(".")[0] if title.startswith("ray::ServeController") else title.split(" ")[0])
-            return sorted(found)
-
-        def count() -> list[str]:
-            cgroup = getattr(self.km, "cgroup", None)
-            if cgroup is not None:
-                return titles(psutil.Process(p) for p in cgroup.pids() if psutil.pid_exists(p))
-            if os.environ.get("RAY_ADDRESS"):
-                return serve_processes()
+        scope = self._run_scope()
+        if scope is None:
+            return None
+        pids = self.km.cgroup.pids() if "usage" in scope else [scope["pid"]]
+        procs = []
+        for pid in pids:
             try:
-                return titles(psutil.Process(self.km.provisioner.process.pid).children(recursive=True))
-            except (AttributeError, psutil.Error):
-                return serve_processes()
+                proc = psutil.Process(pid)
+                procs += [proc, *(proc.children(recursive=True) if "pid" in scope else [])]
+            except psutil.Error:  # gone meanwhile
+                continue
+        return procs
+
+    def _count_serve_processes(self, wait_s: float = 15.0) -> list[str]:
+        """The Ray Serve processes of this run still alive after the service cell, counted by the
+        grader among the run's processes (`_run_processes`)."""
+        from graders.session import serve_processes
 
         deadline = time.monotonic() + wait_s  # Serve's replicas take a moment to exit
-        while (left := count()) and time.monotonic() < deadline:
+        while (left := serve_processes(self._run_processes())) and time.monotonic() < deadline:
             time.sleep(0.5)
         return left
 
