@@ -22,6 +22,11 @@ class CheckFailed(AssertionError):
         return [f"\x1b[0;31m✗ {type(self).__name__}\x1b[0m: {self}"]
 
 
+class Inconclusive(CheckFailed):
+    """The machine was too busy to decide: the measurement, repeated, still straddles the target.
+    Neither a pass nor a fail; class grading measures the submission again."""
+
+
 def _fail(what: str, expected: Any, found: Any, hint: str = "") -> None:
     msg = f"{what}: expected {expected}, found {found}."
     raise CheckFailed(msg + (f" Try: {hint}" if hint else ""))

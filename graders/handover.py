@@ -524,17 +524,30 @@ def _argument_there(spec: dict, asked: Path, namespace: dict):
 
 
 # ------------------------------------------------------------------ measured by the grader
+def grader_measured(key: str):
+    """In the grader's kernel: what the grader measured itself while the notebook ran
+    (`COURSE_MEASURED`, written by graders.trusted.nbgrader_ext), or None when it has no `key`.
+    Elsewhere (the learner's own runs): None."""
+    path = os.environ.get("COURSE_MEASURED")
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def serve_processes_left(wait_s: float = 15.0) -> list[str]:
     """Ray Serve processes still running after the service cell's `serve.shutdown()`. In the
     grader's kernel: what the grader counted from outside the notebook right after that cell
     (`COURSE_MEASURED`). Elsewhere: counted here, waiting up to `wait_s` for them to exit."""
     import time
 
-    if path := os.environ.get("COURSE_MEASURED"):
-        try:
-            return list(json.loads(Path(path).read_text())["serve_left"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise CheckFailed("the grader did not count the Serve processes: the service cell did not finish") from None
+    if os.environ.get("COURSE_MEASURED"):
+        left = grader_measured("serve_left")
+        if not isinstance(left, list):
+            raise CheckFailed("the grader did not count the Serve processes: the service cell did not finish")
+        return left
     from graders.session import serve_processes
 
     deadline = time.monotonic() + wait_s

@@ -134,15 +134,48 @@ def steady_rate(arrivals: list[tuple[float, int]], total_seconds: float, max_rat
 
 
 @dataclass
+class Bracket:
+    """A yardstick's rows/s: measured once in this notebook (low == high), or, when graded, by
+    the grader before and after your run (graders/trusted/yardsticks.py): from the lower to the
+    higher of the two."""
+
+    low: float
+    high: float
+    source: str = "measured in this notebook"
+    settled: bool = True  # before and after agreed within `band`
+    band: float = 0.0
+
+    @property
+    def mid(self) -> float:
+        return (self.low + self.high) / 2
+
+    def scaled(self, k: float) -> "Bracket":
+        return Bracket(self.low * k, self.high * k, self.source, self.settled, self.band)
+
+    def __str__(self) -> str:
+        if self.low == self.high:
+            return f"{self.low:.1f} rows/s"
+        return f"{self.low:.1f} to {self.high:.1f} rows/s"
+
+
+@dataclass
 class Comparison:
     """Your pipeline against the ceiling and the naive baseline, measured in the same run."""
 
     rate: float  # your pipeline, records/s
     how: str  # how `rate` was measured (steady stream or whole run)
-    naive_rate: float
-    ceiling_rate: float  # the ceiling times the accelerators the cluster has (see compare)
+    naive: Bracket
+    ceiling: Bracket  # the ceiling times the accelerators the cluster has (see compare)
     actor_stage: bool | None  # did your pipeline run a stage on an actor pool? (None: unknown)
     blocks: int
+
+    @property
+    def naive_rate(self) -> float:
+        return self.naive.mid
+
+    @property
+    def ceiling_rate(self) -> float:
+        return self.ceiling.mid
 
     @property
     def efficiency(self) -> float:
@@ -151,6 +184,29 @@ class Comparison:
     @property
     def speedup(self) -> float:
         return self.rate / self.naive_rate if self.naive_rate else 0.0
+
+    def expect_efficiency(self, target: float) -> None:
+        self._expect(self.ceiling, target, "efficiency (your rows/s / model ceiling rows/s)", "the model ceiling")
+
+    def expect_speedup(self, target: float) -> None:
+        self._expect(self.naive, target, "speedup over the naive baseline", "the naive baseline")
+
+    def _expect(self, yardstick: Bracket, target: float, what: str, name: str) -> None:
+        """Pass or fail when the yardstick's bracket decides it; otherwise `Inconclusive`."""
+        from graders.checks import Inconclusive, expect_at_least
+
+        if yardstick.settled:
+            return expect_at_least(self.rate / yardstick.mid if yardstick.mid else 0.0, target, what, self.knobs())
+        low, high = self.rate / yardstick.high, self.rate / yardstick.low
+        if low >= target:
+            return None
+        if high < target:  # a fail even against the yardstick's slowest measurement
+            return expect_at_least(high, target, what, self.knobs())
+        raise Inconclusive(
+            f"{what}: {low:.2f} to {high:.2f} against the target {target:g}, so neither a pass nor a fail. The machine "
+            f"was busy while the grader measured: {name} ran at {yardstick} before and after your run, more than "
+            f"{yardstick.band:.0%} apart each time it was measured again. Grade again when the machine is quieter "
+            "(class grading does so by itself).")
 
     def knobs(self) -> str:
         """The first knob to turn, from what the run shows."""
@@ -166,23 +222,55 @@ class Comparison:
                 "res.torch_threads threads and keep per-row Python work out of __call__.")
 
     def __str__(self) -> str:
-        return (f"your pipeline {self.rate:.1f} rows/s ({self.how}); naive {self.naive_rate:.1f} rows/s; "
-                f"ceiling {self.ceiling_rate:.1f} rows/s -> efficiency {self.efficiency:.2f}, "
-                f"speedup {self.speedup:.2f}x")
+        return (f"your pipeline {self.rate:.1f} rows/s ({self.how}); naive {self.naive}; ceiling {self.ceiling} "
+                f"({self.ceiling.source}) -> efficiency {self.efficiency:.2f}, speedup {self.speedup:.2f}x")
 
 
 def compare(run, naive_run, ceiling: Ceiling, res) -> Comparison:
     """Measure `run` (a grading.PipelineRun) against the naive run and the model ceiling.
 
-    The ceiling ran on one device of the driver's machine; a cluster with more GPUs (or CPUs)
-    can go faster, so it is scaled by how many of them the cluster has.
+    When graded, the yardsticks are the grader's own, measured before and after your run in a
+    process your code never touched (graders/trusted/yardsticks.py); `naive_run` and `ceiling`
+    are then not used, and your run's times must fit inside the grader's own clock. The ceiling
+    ran on one device of the driver's machine; a cluster with more GPUs (or CPUs) can go
+    faster, so it is scaled by how many of them the cluster has.
     """
-    run.table(), naive_run.table()  # a failed run: CheckFailed saying why
+    run.table()  # a failed run: CheckFailed saying why
     scale = max(1, res.gpus) if res.gpus else max(1.0, res.cpus / (os.cpu_count() or 1))
-    ceiling_rate = ceiling.rate * scale
-    rate, how = steady_rate(run.arrivals, run.seconds, max_rate=1.25 * ceiling_rate)
-    naive_rate, _ = steady_rate(naive_run.arrivals, naive_run.seconds, max_rate=1.25 * ceiling_rate)
-    return Comparison(rate, how, naive_rate, ceiling_rate, run.actor_stage, len(run.arrivals))
+    if os.environ.get("COURSE_MEASURED"):  # the grader's kernel
+        naive, top = _grader_yardsticks(run)
+    else:
+        naive_run.table()
+        top = Bracket(ceiling.rate, ceiling.rate)
+        naive_rate, _ = steady_rate(naive_run.arrivals, naive_run.seconds, max_rate=1.25 * ceiling.rate * scale)
+        naive = Bracket(naive_rate, naive_rate)
+    top = top.scaled(scale)
+    rate, how = steady_rate(run.arrivals, run.seconds, max_rate=1.25 * top.high)
+    return Comparison(rate, how, naive, top, run.actor_stage, len(run.arrivals))
+
+
+def _grader_yardsticks(run) -> tuple[Bracket, Bracket]:
+    """(naive, ceiling) as the grader measured them around the run; the run's own times checked
+    against the grader's clock (a run cannot take longer than the cell that ran it)."""
+    from graders.checks import CheckFailed, Inconclusive
+    from graders.handover import grader_measured
+
+    measured = grader_measured("yardsticks")
+    if not isinstance(measured, dict) or "error" in measured:
+        why = measured.get("error") if isinstance(measured, dict) else "the run cell did not finish"
+        raise Inconclusive(f"the grader could not measure the yardsticks ({why}), so this cannot be graded now. "
+                           "Grade again; class grading does so by itself.")
+    cell = grader_measured("run_cell_seconds")
+    times = [t for t, _ in run.arrivals]
+    if (cell is None or not 0 < run.seconds <= cell + 0.5 or times != sorted(times)
+            or any(t < 0 or t > run.seconds for t in times) or sum(n for _, n in run.arrivals) != run.rows.num_rows):
+        raise CheckFailed(f"your run's times do not fit the grader's clock: the run cell took {cell} s by the grader's "
+                          f"clock, the run says {run.seconds:.2f} s with {len(times)} output blocks. Try: run the "
+                          "validation's cells as released, without changing how runs are timed.")
+    source = (f"the grader's, measured before and after your run"
+              + (f", {measured['tries']} times after it" if measured["tries"] > 1 else ""))
+    settled, band = measured["settled"], float(measured["band"])
+    return tuple(Bracket(*measured[k], source, bool(settled[k]), band) for k in ("naive", "ceiling"))
 
 
 def peak_memory_mb(fn, device: str = "cpu", interval: float = 0.002) -> float:

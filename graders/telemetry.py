@@ -254,6 +254,41 @@ class _RunMeter:
         return {"cpu_run": used, "cpu_wait": waited, "cpu_run_s": run / 1e9}
 
 
+class _GpuRunMeter:
+    """The run's own share of its GPUs: NVML's per-process samples
+    (``nvmlDeviceGetProcessUtilization``: each process's SM utilization since the last read) for
+    the run's processes, summed per GPU, averaged over the GPUs, kept beside the device figure.
+    NVML samples processes every few hundred ms: a read with no new sample keeps the last value.
+    On a MIG slice, and on drivers without it, NVML does not sample processes: the first error
+    turns this off, and the report says why (the device figure is then all there is)."""
+
+    def __init__(self, nvml, handles, run_tasks):
+        self.nvml, self.handles, self.run_tasks = nvml, handles, run_tasks
+        self.seen = [0] * len(handles)  # NVML's timestamp (us) of the newest sample read per GPU
+        self.last = [0.0] * len(handles)
+        self.error = None
+
+    def read(self) -> float | None:
+        if self.error:
+            return None
+        own = self.run_tasks()  # thread ids; a process's pid is its main thread's id
+        for i, h in enumerate(self.handles):
+            try:
+                samples = self.nvml.nvmlDeviceGetProcessUtilization(h, self.seen[i])
+            except Exception as exc:
+                if type(exc).__name__ == "NVMLError_NotFound":  # no new sample since the last read
+                    continue
+                self.error = f"per-process GPU utilization not available here: {exc or type(exc).__name__}"
+                return None
+            latest: dict[int, float] = {}
+            for smp in sorted(samples, key=lambda smp: smp.timeStamp):
+                latest[smp.pid] = float(smp.smUtil)
+                self.seen[i] = max(self.seen[i], int(smp.timeStamp))
+            if latest:
+                self.last[i] = min(100.0, sum(v for pid, v in latest.items() if pid in own))
+        return sum(self.last) / len(self.last) if self.last else None
+
+
 # ---------------------------------------------------------------- sampler process
 def _system_sampler(scope: dict | None = None):
     """The default sampler: psutil for the CPU, NVML for every GPU it can read; with a
@@ -269,6 +304,9 @@ def _system_sampler(scope: dict | None = None):
         except OSError:
             pass
     meter = _RunMeter(scope, len(cores) if cores else psutil.cpu_count() or 1) if scope else None
+    gpu_run = _GpuRunMeter(nvml, handles, lambda: set(meter.seen)) if meter and nvml else None
+    if gpu_run:
+        gpu_run.read()  # NVML says now whether it samples processes here (not on a MIG slice)
     psutil.cpu_percent(interval=None, percpu=True)  # the first call only sets the baseline
 
     def cpu() -> float:
@@ -283,10 +321,14 @@ def _system_sampler(scope: dict | None = None):
             m = nvml.nvmlDeviceGetMemoryInfo(h)
             mem.append(m.used / m.total)
         machine = cpu()
-        return {"cpu": machine, "gpu": gpu, "gpu_mem": mem, **(meter.read(machine) if meter else {})}
+        own = meter.read(machine) if meter else {}
+        if gpu_run and (run_gpu := gpu_run.read()) is not None:
+            own["gpu_run"] = run_gpu
+        return {"cpu": machine, "gpu": gpu, "gpu_mem": mem, **own}
 
     info = {"gpus": names, "nvml": error, "cpu_count": len(cores) if cores else psutil.cpu_count(),
-            "scope": meter.describe() if meter else "the whole machine"}
+            "scope": meter.describe() if meter else "the whole machine",
+            **({"gpu_run": gpu_run.error or "NVML's per-process samples"} if gpu_run else {})}
     return info, sample, (nvml.nvmlShutdown if nvml else lambda: None)
 
 
@@ -315,7 +357,7 @@ def _sampler_main(data, stop, interval, parent_pid, sampler=None, device_info=No
                 "cpu": float(s["cpu"]),
                 "gpu": [float(v) for v in s.get("gpu", [])],
                 "gpu_mem": [float(v) for v in s.get("gpu_mem", [])],
-                **{k: float(s[k]) for k in ("cpu_run", "cpu_wait", "cpu_run_s") if s.get(k) is not None},
+                **{k: float(s[k]) for k in ("cpu_run", "cpu_wait", "cpu_run_s", "gpu_run") if s.get(k) is not None},
             }))
     except (EOFError, BrokenPipeError):
         pass  # the parent has gone away
@@ -397,6 +439,8 @@ class UtilizationReport:
     wait_mean: float | None = None  # time the run's ready threads waited for cores that other load held
     machine_cpu_mean: float | None = None  # the whole machine (or the run's cores), steady window
     run_cpu_seconds: float | None = None  # CPU time the run's own processes used, the whole run
+    run_gpu_mean: float | None = None  # the run's processes' share of the GPUs (NVML per process), steady window
+    run_gpu_source: str = ""  # how run_gpu_mean was measured, or why it was not
 
     @classmethod
     def from_dict(cls, d: dict) -> UtilizationReport:
@@ -418,9 +462,12 @@ class UtilizationReport:
         timeline = [{"t": float(s["t"]), "cpu": float(s["cpu"]),
                      "gpu": [float(v) for v in s.get("gpu", [])],
                      "gpu_mem": [float(v) for v in s.get("gpu_mem", [])],
-                     **{k: float(s[k]) for k in ("cpu_run", "cpu_wait", "cpu_run_s") if s.get(k) is not None}} for s in samples]
+                     **{k: float(s[k]) for k in ("cpu_run", "cpu_wait", "cpu_run_s", "gpu_run") if s.get(k) is not None}} for s in samples]
         own = bool(timeline) and all("cpu_run" in s for s in timeline)  # the run's own CPU, not the machine's
-        run_cpu = [s["cpu_run"] if own else s["cpu"] for s in timeline]
+        # The run's share of its cores: what it used, plus what it was ready to use while other load
+        # held those cores (at most that load's share; see _RunMeter.read). A busy neighbour then
+        # costs the run's grade nothing, and a run that sleeps or waits on nothing gains nothing.
+        run_cpu = [_run_cpu(s) for s in timeline] if own else [s["cpu"] for s in timeline]
         names = [str(n) for n in info.get("gpus") or []]
         nvml_error = info.get("nvml")
         is_gpu = nvml_error is None and any(s["gpu"] for s in timeline)
@@ -437,6 +484,7 @@ class UtilizationReport:
             return report
 
         report.duration_s = timeline[-1]["t"] - timeline[0]["t"] + float(interval)
+        report.run_gpu_source = str(info.get("gpu_run") or "")
         rows = [(s, c) for s, c in zip(timeline, run_cpu) if s["gpu"]] if is_gpu else list(zip(timeline, run_cpu))
         primary = [sum(s["gpu"]) / len(s["gpu"]) if is_gpu else c for s, c in rows]
         start, end = steady_window([s["t"] for s, _ in rows], primary)
@@ -456,6 +504,8 @@ class UtilizationReport:
                 report.run_cpu_seconds = sum(s["cpu_run"] for s in timeline) / 100.0 * cores * float(interval)
             report.run_cpu_mean = _stats([s["cpu_run"] for s in window])[0]
             report.wait_mean = _stats([s.get("cpu_wait", 0.0) for s in window])[0]
+        if is_gpu and any("gpu_run" in s for s in window):
+            report.run_gpu_mean = _stats([s["gpu_run"] for s in window if "gpu_run" in s])[0]
         for i in range(report.gpu_count):
             report.gpu_means.append(_stats([s["gpu"][i] for s in window if len(s["gpu"]) > i])[0])
             mem = [s["gpu_mem"][i] for s in timeline if len(s["gpu_mem"]) > i]
@@ -481,13 +531,19 @@ class UtilizationReport:
                 f"Steady window: {self.window_s[0]:.1f}-{self.window_s[1]:.1f} s "
                 f"({self.window_samples} samples)",
                 f"{self.device.upper()} utilization: mean {self.mean:.1f} %, p50 {self.p50:.1f} %, p90 {self.p90:.1f} %"
-                + (" (this run's processes)" if self.device == "cpu" and self.run_cpu_mean is not None else ""),
+                + (f" (this run's processes: used {self.run_cpu_mean:.1f} %, ready while other load held the cores "
+                   f"{self.wait_mean:.1f} %)" if self.device == "cpu" and self.run_cpu_mean is not None else ""),
             ]
             if self.device == "gpu":
                 lines.append(f"CPU utilization: mean {self.cpu_mean:.1f} %")
+                if self.run_gpu_mean is not None:
+                    lines.append(f"GPU of this run's processes: mean {self.run_gpu_mean:.1f} % ({self.run_gpu_source}; "
+                                 "the device's figure above is the graded one)")
+                elif self.run_gpu_source:
+                    lines.append(f"GPU of this run's processes: not measured ({self.run_gpu_source})")
             if self.run_cpu_mean is not None:
                 lines.append(f"Other load: the machine {self.machine_cpu_mean:.1f} %; this run waited {self.wait_mean:.1f} % "
-                             f"for cores it held (measured: {self.scope})")
+                             f"for cores other load held (measured: {self.scope})")
             else:
                 lines.append(f"CPU measured: {self.scope} (the machine's load counts as the run's)")
         if self.device == "cpu":
@@ -516,7 +572,7 @@ class UtilizationReport:
             _, ax = plt.subplots(figsize=(8, 3))
         t = [s["t"] for s in self.timeline]
         if self.timeline and all("cpu_run" in s for s in self.timeline):
-            ax.plot(t, [s["cpu_run"] for s in self.timeline], label="CPU, this run")
+            ax.plot(t, [_run_cpu(s) for s in self.timeline], label="CPU, this run (used or ready)")
             ax.plot(t, [s["cpu"] for s in self.timeline], label="CPU, machine", alpha=0.4)
         else:
             ax.plot(t, [s["cpu"] for s in self.timeline], label="CPU")
@@ -561,8 +617,11 @@ class _LiveGauge:
 
 
 def _run_cpu(sample) -> float:
-    """The run's own CPU in a sample, else the machine's."""
-    return sample.get("cpu_run", sample["cpu"])
+    """The run's share of its cores in a sample (used, plus ready while other load held them:
+    what the report grades), else the machine's."""
+    if "cpu_run" not in sample:
+        return sample["cpu"]
+    return min(100.0, sample["cpu_run"] + sample.get("cpu_wait", 0.0))
 
 
 def _show_gauge(names):

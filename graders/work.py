@@ -11,6 +11,12 @@ Utilization and speed earn points only for work the model did. `expect_model_wor
    `WORK_SHARE` of what the model needs for all its rows, at the CPU time per row measured here on
    the sample. Rows computed before the run and only handed out during it arrive without that
    work. CPU time, unlike wall time, hardly moves when other load shares the machine.
+3. **The stream was computed as it streamed** (Phase 2, which grades a steady rate). When the
+   run's rate is its steady rate (at least `perf.MIN_STEADY_BLOCKS` output blocks), the run's
+   CPU time between its first and its last output block must cover `WORK_SHARE` of what the
+   model needs for the rows after the first block: results computed first and handed out
+   afterwards, slowly enough not to look like a burst, would otherwise show a steady rate several
+   times the real one.
 
 Under grading this runs in the grader's kernel, on the results the notebook handed over and the
 grader's own measurement; in JupyterLab it runs in your kernel, on your own.
@@ -62,6 +68,30 @@ def _why_not(run, kind: str, sample: int, seed: int) -> str | None:
     if used < WORK_SHARE * needed:
         return (f"the run used {used:.1f} s of CPU time, but the model needs about {needed:.1f} s for its "
                 f"{table.num_rows:,} rows: were they computed before the measured run?")
+    # Phase 2 grades a steady rate (graders.perf.steady_rate); Phase 1 grades none
+    return _why_not_streamed(run, seconds / len(rows), report) if kind == "text" else None
+
+
+def _why_not_streamed(run, per_row: float, report, slack_s: float = 1.0) -> str | None:
+    """Step 3: the run's CPU time (the monitor's samples, seconds since it started, which is just
+    before the run's own clock starts) from its first output block to `slack_s` after its last."""
+    from graders.perf import MIN_STEADY_BLOCKS
+
+    arrivals = list(getattr(run, "arrivals", []) or [])
+    timeline = getattr(report, "timeline", None) or []
+    if len(arrivals) < MIN_STEADY_BLOCKS or not all("cpu_run_s" in s for s in timeline) or not timeline:
+        return None  # no steady rate is graded, or no samples to read it from
+    first, last = arrivals[0][0], arrivals[-1][0]
+    t0 = timeline[0]["t"] - report.interval_s  # each sample covers the interval before it
+    used = sum(s["cpu_run_s"] for s in timeline if first <= s["t"] - t0 <= last + slack_s)
+    rows = sum(n for _, n in arrivals[1:])
+    needed = per_row * rows
+    print(f"stream check: {used:.1f} CPU-s from the first output block to the last ({first:.1f}-{last:.1f} s); "
+          f"the model needs about {needed:.1f} CPU-s for the {rows:,} rows after the first block")
+    if used < WORK_SHARE * needed:
+        return (f"from your first output block to your last ({first:.1f}-{last:.1f} s) the run used {used:.1f} s of CPU "
+                f"time, but the model needs about {needed:.1f} s for the {rows:,} rows in between: were they "
+                "computed earlier and handed out afterwards?")
     return None
 
 

@@ -1,11 +1,14 @@
 """The real `nbgrader autograde` grades Phase 2 right: it measures optimization, it does not trust it.
 
-- reference: the validation solved as in `solutions/` -> every point;
+- reference: the validation solved as in `solutions/` -> every point, graded while a neighbour
+  process keeps a core busy (the grade must not move with other load);
 - blank: the release as handed out -> 0 on every graded cell;
 - naive: a correct pipeline in the slow pattern (the model loaded in a per-batch function, small
   batches) -> its counts and schema pass; efficiency and speedup fail, and the feedback names the
-  knob to turn (load the model once per actor). This student is graded on a real two-node Ray
-  cluster (RAY_ADDRESS): the pipeline must have run on both nodes and left no actor alive.
+  knob to turn (load the model once per actor). It also replaces the notebook's yardsticks with
+  slower ones and hands a slow ceiling to the grader: nothing changes, as the grader measures its
+  own. This student is graded on a real two-node Ray cluster (RAY_ADDRESS): the pipeline must
+  have run on both nodes and left no actor alive.
 
 Only the validation runs here: the Phase 2 lessons run under nbval (`make test`).
 """
@@ -36,6 +39,12 @@ def build_embedding_pipeline(reviews_path, res):
 
     reviews = ray.data.read_parquet(reviews_path).repartition(target_num_rows_per_block=32)
     return reviews.map_batches(embed, batch_size=8)
+
+
+# An attack on the yardsticks: slower ones would make this pipeline look efficient.
+_slow = gr.perf.Ceiling(rows=100, seconds=100.0, batch_size=64, device="cpu")
+gr.perf.model_ceiling = lambda *args, **kwargs: _slow
+gr.grading.publish(ceiling=_slow)
 '''
 
 
@@ -46,7 +55,8 @@ def _naive(nb):
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
-    return graded_class(tmp_path_factory.mktemp("class2"), PHASE, VALIDATION, on_cluster=("naive",), naive=_naive)
+    return graded_class(tmp_path_factory.mktemp("class2"), PHASE, VALIDATION, on_cluster=("naive",), loaded=("reference",),
+                        naive=_naive)
 
 
 def scores(course, student):
@@ -56,7 +66,7 @@ def scores(course, student):
 def test_reference_scores_full_marks_without_stderr(course):
     expect_full_marks_without_stderr(course.root, PHASE, VALIDATION)
     said = printed(autograded(course.root, PHASE, VALIDATION, "reference"), "efficiency")
-    assert "efficiency" in said and "ceiling" in said, said
+    assert "efficiency" in said and "the grader's, measured before and after your run" in said, said
 
 
 def test_blank_scores_zero_on_every_graded_cell(course):

@@ -149,3 +149,28 @@ def test_a_class_run_killed_half_way_resumes_and_grades_everyone_once(tmp_path):
     assert submissions(root) == {s: 2 for s in students}
     assert set(csv_rows(root)) == set(students)
     assert classroom.tagged_processes(str(root)) == []
+
+
+def test_an_inconclusive_result_is_measured_again_then_left_to_the_instructor(tmp_path, monkeypatch):
+    """A result the grader could not decide (here the probe's test says Inconclusive every time,
+    as a Phase 2 test does while the machine is busy) is graded 1 + REMEASURE times, then marked
+    for manual grading in the gradebook, never scored as a plain fail. Only a phase whose tests
+    run in the grader's kernel can say so: elsewhere a learner's code could raise it."""
+    from nbgrader.api import Gradebook
+
+    monkeypatch.setattr(classroom, "TRUSTED", (A,))
+    root = make_course(tmp_path)
+    hand_in(root, "busy", "    from graders.checks import Inconclusive\n    raise Inconclusive('the machine was busy')")
+    hand_in(root, "right", "    return 2 * x")
+    results = {r.student: r for r in classroom.grade_class(root, A, workers=2, cell_timeout=60, notebook_timeout=120)}
+    busy, right = results["busy"], results["right"]
+    assert busy.status == "inconclusive" and "test_double marked for manual grading" in busy.reason, busy
+    assert f"Graded {1 + classroom.REMEASURE} times" in " ".join(busy.notes), busy.notes
+    assert right.status == "graded" and right.score == 2 and not right.notes, right
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        assert gb.find_grade("test_double", "probe", A, "busy").needs_manual_grade
+        assert not gb.find_grade("test_double", "probe", A, "right").needs_manual_grade
+    assert csv_rows(root)["busy"]["status"] == "inconclusive"
+    monkeypatch.setattr(classroom, "TRUSTED", ())
+    again = classroom.grade_class(root, A, workers=1, cell_timeout=60, notebook_timeout=120, students=["busy"])
+    assert again[0].status == "graded" and not again[0].notes, again  # untrusted: a fail like any other

@@ -1,6 +1,7 @@
 """The course data may live in object storage: an S3-compatible server on this machine (moto).
 
-Here: Phase 2's yardsticks (the ceiling's input and the naive baseline) read the reviews from s3://.
+Here: Phase 2's yardsticks (the ceiling's input and the naive baseline), the notebook's and the
+grader's own (graders/trusted/yardsticks.py), read the reviews from s3://.
 The Phase 1 validation runs with its data built into s3:// on a two-node cluster
 (tests/test_cluster.py): Ray Data and the hidden tests read it through pyarrow's S3 filesystem.
 """
@@ -33,3 +34,11 @@ def test_phase2_yardsticks_read_the_reviews_from_s3(s3_root):
         assert 110 <= embedded < 120  # 120 reviews read; every 32nd review has no words and is dropped
     finally:
         ray.shutdown()
+    from graders.trusted.yardsticks import YardstickProcess
+
+    grader = YardstickProcess(paths.reviews)  # started with the server's credentials in its environment
+    try:
+        measured = grader.measure()
+    finally:
+        grader.close()
+    assert "error" not in measured and measured["ceiling"] > measured["naive"] > 0, measured

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import pytest
 
 from graders import perf
-from graders.checks import CheckFailed, expect_at_least
+from graders.checks import CheckFailed, Inconclusive, expect_at_least
+from graders.trusted import yardsticks
 
 
 def stream(first=10.0, every=0.5, blocks=20, rows=30):
@@ -38,7 +39,8 @@ def test_a_burst_faster_than_the_ceiling_is_not_a_stream():
 
 
 def run(arrivals, seconds, actor_stage=True):
-    return SimpleNamespace(arrivals=arrivals, seconds=seconds, actor_stage=actor_stage, table=lambda: None)
+    rows = SimpleNamespace(num_rows=sum(n for _, n in arrivals))
+    return SimpleNamespace(arrivals=arrivals, seconds=seconds, actor_stage=actor_stage, table=lambda: None, rows=rows)
 
 
 RES_CPU = SimpleNamespace(gpus=0, cpus=2)
@@ -62,3 +64,66 @@ def test_ceiling_scales_with_the_gpus_of_the_cluster():
     res = SimpleNamespace(gpus=4, cpus=32)
     c = perf.compare(run(stream(every=0.01), 5.0), run(stream(every=0.1), 5.0), ceiling, res)
     assert c.ceiling_rate == 4000.0
+
+
+def comparison(rate, low, high, settled):
+    band = yardsticks.NOISE_BAND
+    return perf.Comparison(rate, "steady", perf.Bracket(low, high, "test", settled, band),
+                           perf.Bracket(low, high, "test", settled, band), True, 20)
+
+
+def test_a_result_is_passed_or_failed_only_when_the_whole_bracket_agrees():
+    """Yardsticks that agreed around the run: their middle decides. That still disagree: a pass
+    needs the target met against the fastest one, a fail missing it against the slowest one;
+    between the two, inconclusive, neither a pass nor a fail."""
+    comparison(75.0, 95.0, 105.0, True).expect_efficiency(0.7)  # 0.75 against the middle
+    with pytest.raises(CheckFailed, match="expected >= 0.7, found 0.65") as failed:
+        comparison(65.0, 95.0, 105.0, True).expect_efficiency(0.7)
+    assert not isinstance(failed.value, Inconclusive)
+    comparison(80.0, 60.0, 110.0, False).expect_efficiency(0.7)  # 0.73 even against 110
+    with pytest.raises(CheckFailed, match="found 0.67") as failed:  # 0.67 even against 60
+        comparison(40.0, 60.0, 110.0, False).expect_efficiency(0.7)
+    assert not isinstance(failed.value, Inconclusive)
+    with pytest.raises(Inconclusive, match=r"0.55 to 1.00 against the target 0.7.*the model ceiling ran at 60.0 to "
+                                           r"110.0 rows/s .*more than 15% apart"):
+        comparison(60.0, 60.0, 110.0, False).expect_efficiency(0.7)
+    with pytest.raises(Inconclusive, match="speedup over the naive baseline: 0.55 to 1.00"):
+        comparison(60.0, 60.0, 110.0, False).expect_speedup(0.7)
+
+
+def test_before_and_after_agree_within_the_noise_band():
+    before = {"ceiling": 300.0, "naive": 100.0, "device": "cpu", "workers": 2}
+    close = {**before, "ceiling": 330.0, "naive": 112.0}
+    far = {**before, "ceiling": 200.0}
+    assert yardsticks.agree(before, close) and not yardsticks.agree(before, far)
+    assert yardsticks.agree(before, far, ("naive",))
+    out = yardsticks.bracket(before, [far, close])
+    assert out["ceiling"] == [300.0, 330.0] and out["naive"] == [100.0, 112.0] and out["tries"] == 2
+    assert out["settled"] == {"ceiling": True, "naive": True} and len(out["measurements"]) == 3
+    unsettled = yardsticks.bracket(before, [far])
+    assert unsettled["ceiling"] == [200.0, 300.0] and unsettled["settled"] == {"ceiling": False, "naive": True}
+    failed = yardsticks.bracket(before, [{"error": "no answer within 240 s"}])
+    assert failed["error"] == "no answer within 240 s"
+
+
+def graded(tmp_path, monkeypatch, measured):
+    path = tmp_path / "measured.json"
+    path.write_text(__import__("json").dumps(measured))
+    monkeypatch.setenv("COURSE_MEASURED", str(path))
+
+
+def test_graded_the_yardsticks_are_the_graders_and_the_run_fits_its_clock(tmp_path, monkeypatch):
+    """In the grader's kernel, the notebook's own ceiling and naive run are not read at all; a run
+    claiming more time than the cell that ran it took is refused; no yardsticks: inconclusive."""
+    monkeypatch.setattr(perf.os, "cpu_count", lambda: 2, raising=False)
+    before = {"ceiling": 60.0, "naive": 20.0, "device": "cpu", "workers": 2}
+    graded(tmp_path, monkeypatch, {"run_cell_seconds": 26.0, "yardsticks": yardsticks.bracket(before, [before])})
+    c = perf.compare(run(stream(every=0.6), 25.0), None, None, RES_CPU)
+    assert c.ceiling_rate == 60.0 and c.naive_rate == 20.0 and "the grader's" in str(c)
+    with pytest.raises(CheckFailed, match="do not fit the grader's clock: the run cell took 26.0 s"):
+        perf.compare(run(stream(every=0.6), 40.0), None, None, RES_CPU)  # says 40 s
+    with pytest.raises(CheckFailed, match="do not fit the grader's clock"):
+        perf.compare(run(list(reversed(stream(every=0.6))), 25.0), None, None, RES_CPU)
+    graded(tmp_path, monkeypatch, {"run_cell_seconds": 26.0, "yardsticks": {"error": "it stopped"}})
+    with pytest.raises(Inconclusive, match=r"could not measure the yardsticks \(it stopped\)"):
+        perf.compare(run(stream(every=0.6), 25.0), None, None, RES_CPU)

@@ -206,7 +206,8 @@ def test_a_neighbours_load_is_not_the_runs_own():
     """A bounded neighbour outside the run keeps every core busy. A run that sleeps reads under
     5 % of its cores, with the machine's ~100 % beside it. A run that keeps its cores busy, at
     the priority the grader gives graded runs (as root), reads them busy, and how long it
-    waited for the cores the neighbour held."""
+    waited for the cores the neighbour held; its utilization counts both (it was ready to use
+    them), so the neighbour costs it nothing."""
     cores = len(os.sched_getaffinity(0))
     spin = "import time\nend = time.monotonic() + {}\nwhile time.monotonic() < end: pass"
     neighbour = [subprocess.Popen([sys.executable, "-c", spin.format(20)]) for _ in range(cores)]
@@ -227,16 +228,18 @@ def test_a_neighbours_load_is_not_the_runs_own():
     idle, loaded = sleeping.report, working.report
     assert idle.device == "cpu" and idle.mean < 5 and idle.machine_cpu_mean > 80, idle.summary()
     assert "this run" in idle.summary() and "the machine " in idle.summary()
+    assert loaded.mean > 90 and loaded.wait_mean is not None, loaded.summary()
     if os.geteuid() == 0:
-        assert loaded.mean > 70 and loaded.wait_mean is not None, loaded.summary()  # a fair share would be 50 %
-    else:  # the neighbour takes its share: the run's own figure says so
-        assert 20 < loaded.mean < 80 and loaded.wait_mean > 15, loaded.summary()
+        assert loaded.run_cpu_mean > 70, loaded.summary()  # a fair share would be 50 %
+    else:  # the neighbour takes its share: the run's own figures say so
+        assert 20 < loaded.run_cpu_mean < 80 and loaded.wait_mean > 15, loaded.summary()
 
 
-def test_the_run_is_credited_with_what_it_used():
+def test_the_run_is_credited_with_what_it_used_and_what_other_load_kept_from_it():
     own = [{"t": i * 0.1, "cpu": 90.0, "gpu": [], "gpu_mem": [], "cpu_run": 50.0, "cpu_wait": 30.0} for i in range(20)]
     report = UtilizationReport.from_samples(own, {**NO_NVML, "scope": "a test run"}, 0.1)
-    assert report.mean == pytest.approx(50.0) and report.machine_cpu_mean == pytest.approx(90.0)
+    assert report.mean == pytest.approx(80.0) and report.run_cpu_mean == pytest.approx(50.0)
+    assert report.machine_cpu_mean == pytest.approx(90.0)
     assert report.wait_mean == pytest.approx(30.0) and report.run_cpu_seconds == pytest.approx(0.5 * 4 * 2.0)
     assert report.scope == "a test run" and "this run waited 30.0 %" in report.summary()
     machine = UtilizationReport.from_samples(make_samples([70.0] * 20), NO_NVML, 0.1)
@@ -361,3 +364,41 @@ def test_gpu_processes_are_read_per_visible_gpu(monkeypatch):
     assert classroom._gpu_left({"env": {"CUDA_VISIBLE_DEVICES": "0"}}, wait_s=0) == [[4242, 512]]
     assert classroom._gpu_left({"env": {"CUDA_VISIBLE_DEVICES": "1"}}, wait_s=0) == []
     assert nvml.open == 0, "NVML was left open"
+
+
+class _ProcessNvml:
+    """nvidia-ml-py's per-process call, as NVML answers it: samples since a timestamp, or
+    NVMLError_NotFound when there is none new; NOT_SUPPORTED on a MIG slice."""
+
+    class NVMLError_NotFound(Exception):  # noqa: N801  (nvidia-ml-py's name)
+        pass
+
+    def __init__(self, answers):
+        self.answers, self.asked = list(answers), []
+
+    def nvmlDeviceGetProcessUtilization(self, handle, since):  # noqa: N802
+        self.asked.append(since)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return [types.SimpleNamespace(pid=pid, smUtil=sm, timeStamp=ts) for pid, sm, ts in answer]
+
+
+def test_the_gpu_share_of_the_runs_processes_comes_from_nvmls_per_process_samples():
+    """The run's processes (pids 10 and 11) get their SM share summed; a neighbour's process (99)
+    on the same GPU is not the run's; no new sample keeps the last value; NOT_SUPPORTED (a MIG
+    slice) turns the per-process figure off with its reason."""
+    from graders.telemetry import _GpuRunMeter
+
+    nvml = _ProcessNvml([[(10, 30, 5), (11, 20, 6), (99, 45, 6)], _ProcessNvml.NVMLError_NotFound(), [(10, 60, 9)],
+                      RuntimeError("Not Supported")])
+    meter = _GpuRunMeter(nvml, ["gpu0"], lambda: {10, 11, 12})
+    assert meter.read() == 50.0
+    assert meter.read() == 50.0 and nvml.asked[-1] == 6  # nothing new since timestamp 6
+    assert meter.read() == 60.0
+    assert meter.read() is None and "not available here: Not Supported" in meter.error
+    samples = [{"t": i * 0.1, "cpu": 20.0, "gpu": [90.0], "gpu_mem": [0.5], "cpu_run": 20.0, "gpu_run": 30.0}
+               for i in range(20)]
+    report = UtilizationReport.from_samples(samples, {**ONE_GPU, "gpu_run": "NVML's per-process samples"}, 0.1)
+    assert report.mean == pytest.approx(90.0) and report.run_gpu_mean == pytest.approx(30.0)
+    assert "GPU of this run's processes: mean 30.0 % (NVML's per-process samples" in report.summary()

@@ -67,3 +67,26 @@ def test_a_constant_label_with_random_features_earns_nothing():
     rows = pa.table({"path": files, "label": ["tabby cat"] * len(files), "features": ArrowTensorArray.from_numpy(features)})
     with pytest.raises(CheckFailed, match="sampled rows differ"):
         work.expect_model_work(PipelineRun("image pipeline", rows=rows, report=_report(100.0)), "image")
+
+
+def _timed_report(busy_until: float, seconds: float = 10.0) -> UtilizationReport:
+    """The run's processes busy on 2 cores (90 %) until `busy_until`, idle after, with the CPU
+    time of each 0.1 s sample as the grader's meter records it."""
+    samples = [{"t": i * 0.1, "cpu": 90.0, "gpu": [], "gpu_mem": [], "cpu_wait": 0.0,
+                "cpu_run": 90.0 if i * 0.1 < busy_until else 0.0, "cpu_run_s": 0.18 if i * 0.1 < busy_until else 0.0}
+               for i in range(int(seconds * 10))]
+    return UtilizationReport.from_samples(samples, {"gpus": [], "nvml": "none here", "cpu_count": 2, "scope": "a test"}, 0.1)
+
+
+def test_a_stream_handed_out_after_it_was_computed_earns_nothing(reviews):
+    """Every embedding computed in the run's first 8 s, then handed out one block at a time over
+    its last 1.5 s: the steady rate would read several times the real one; the CPU time between
+    the first block and the last says the work was done before. Streamed as computed: passes."""
+    ids, vectors, tensor = reviews
+    held = _run(ids, vectors, tensor, _timed_report(busy_until=8.0))
+    held.arrivals = [(8.4 + 0.12 * i, 1) for i in range(len(vectors))]
+    with pytest.raises(CheckFailed, match=r"from your first output block to your last \(8.4-9.7 s\) the run used 0.0 s"):
+        work.expect_model_work(held, "text")
+    streamed = _run(ids, vectors, tensor, _timed_report(busy_until=8.0))
+    streamed.arrivals = [(1.0 + 0.6 * i, 1) for i in range(len(vectors))]
+    work.expect_model_work(streamed, "text")

@@ -33,6 +33,11 @@ What happens, and why:
 - **A killed class run resumes.** Each finished student is appended to `journal.jsonl` after its
   grades are committed; starting again skips them (unless their submission changed, or with
   `--fresh`), first stopping what the killed run left behind.
+- **A busy machine neither passes nor fails anyone.** A measured result the grader could not
+  decide (the yardsticks before and after the run disagreed; `graders.trusted.yardsticks`) is
+  "inconclusive": the submission is graded again, up to `REMEASURE` more times. If it is still
+  inconclusive, its status says so, and those cells are marked for manual grading in the
+  gradebook (formgrader lists them) instead of scoring a wrong 0.
 - **Time limits.** Per cell and per notebook, enforced inside nbgrader's execute step
   (`graders.trusted.nbgrader_ext`); a run that outlives both by `MARGIN_S` is killed.
 
@@ -61,9 +66,14 @@ from queue import Queue
 import psutil
 
 from graders.trusted import sandbox
+from graders.trusted.nbgrader_ext import MeasuredExecute
 
 TAG = "COURSE_GRADING_RUN"
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+REMEASURE = 2  # more autograde runs for a submission with an inconclusive result
+# Only where the tests run in the grader's own kernel can "inconclusive" come from the grader alone
+# (elsewhere a learner's code could raise it to dodge a fail).
+TRUSTED = tuple(MeasuredExecute.class_traits()["trusted_tests"].default())
 MARGIN_S = 180  # beyond the notebook and cell limits: nbgrader's own start-up, feedback, shutdown
 MAX_SUBMISSION_MB = 50
 PROTECTED = ("solutions", "nbgrader_config.py", "gradebook.db", ".git")
@@ -74,7 +84,7 @@ NOT_WATCHED = {".git", ".venv", ".grading", "autograded", "feedback", "data", "w
 @dataclass
 class Result:
     student: str
-    status: str  # graded | failed | rejected
+    status: str  # graded | inconclusive (graded, some cells need grading again) | failed | rejected
     score: float | None = None
     max_score: float | None = None
     seconds: float = 0.0
@@ -346,9 +356,17 @@ class ClassGrader:
             return result
         stage = self._stage(sub)
         limit = self.notebook_timeout + self.cell_timeout + MARGIN_S
-        rc, log, killed = self._nbgrader(stage, slot, tag, "autograde", self.assignment, f"--student={sub.student}",
-                                         "--create", "--force", limit=limit)
-        left = stop_processes(tag)
+        graded = stage / "autograded" / sub.student / self.assignment
+        for attempt in range(1 + REMEASURE):
+            rc, log, killed = self._nbgrader(stage, slot, tag, "autograde", self.assignment, f"--student={sub.student}",
+                                             "--create", "--force", limit=limit)
+            left = stop_processes(tag)
+            undecided = {} if killed or rc != 0 or self.assignment not in TRUSTED else _inconclusive(graded)
+            if not undecided or attempt == REMEASURE:
+                break
+        if attempt:
+            result.notes.append(f"Graded {attempt + 1} times: the machine was busy while your results were measured "
+                                "(inconclusive), so the grader measured them again.")
         report = _sandbox_report(stage / "sandbox.json")
         left += report.get("left_running", [])
         if left:
@@ -359,7 +377,6 @@ class ClassGrader:
         if result.gpu_after:
             result.notes.append(f"{len(result.gpu_after)} process(es) still held GPU memory after your run: "
                                 + ", ".join(f"pid {pid} ({mib} MiB)" for pid, mib in result.gpu_after))
-        graded = stage / "autograded" / sub.student / self.assignment
         if killed:
             result.reason = (f"stopped after {limit:.0f} s: the run outlived the notebook limit "
                              f"({self.notebook_timeout} s) and the cell limit ({self.cell_timeout} s)")
@@ -371,6 +388,12 @@ class ClassGrader:
             stop_processes(tag)
             result.status = "graded"
             result.reason = _lost_points(graded)
+            if undecided:
+                _needs_manual_grade(stage / "gradebook.db", self.assignment, sub.student, undecided)
+                result.status = "inconclusive"
+                result.reason = (f"inconclusive after {attempt + 1} runs, the machine was busy: "
+                                 f"{', '.join(c for cells in undecided.values() for c in cells)} marked for manual "
+                                 "grading (or grade this student again). " + result.reason)
         result.seconds = round(time.monotonic() - start, 1)
         return result
 
@@ -401,13 +424,13 @@ class ClassGrader:
             shutil.rmtree(dst, ignore_errors=True)  # never leave an earlier run's feedback for a failed one
             if src.exists():
                 shutil.copytree(src, dst)
-        if result.status == "graded":
+        if result.status in ("graded", "inconclusive"):
             result.score, result.max_score = merge_submission(stage / "gradebook.db", self.root / "gradebook.db",
                                                               self.assignment, sub.student)
         else:
             result.score, result.max_score = 0.0, record_zero(self.root / "gradebook.db", self.assignment, sub.student)
         self._trusted = fingerprint(self.root)  # the gradebook as this process left it
-        if result.status != "graded":
+        if result.status not in ("graded", "inconclusive"):
             result.notes.insert(0, f"Your notebook could not be graded: {result.reason}")
         if result.notes:
             _add_notes(self.root / "feedback" / sub.student / self.assignment, result.notes)
@@ -524,7 +547,8 @@ class ClassGrader:
                     except Exception as exc:
                         result.status, result.reason = "failed", f"could not save the grades: {exc}"
                 progress.remove_task(task)
-                mark = Text.assemble(*{"graded": [("graded", "green")], "failed": [("FAILED", "red")]}.get(result.status, [result.status]))
+                mark = Text.assemble(*{"graded": [("graded", "green")], "failed": [("FAILED", "red")],
+                                       "inconclusive": [("INCONCLUSIVE", "yellow")]}.get(result.status, [result.status]))
                 score = f"{result.score:g}/{result.max_score:g}" if result.score is not None else "-"
                 progress.console.print(mark, Text(f"{sub.student:<20} {score:>8} {result.seconds:6.0f} s  {result.reason[:80]}"))
                 progress.advance(overall)
@@ -580,7 +604,7 @@ class ClassGrader:
             score = f"{r.score:g} / {r.max_score:g}" if r.score is not None else "-"
             table.add_row(Text(r.student), r.status, score, f"{r.seconds:.0f} s", Text("; ".join(filter(None, [r.reason, *r.notes]))[:300]))
         self.console.print(table)
-        counts = {s: sum(r.status == s for r in results) for s in ("graded", "failed", "rejected")}
+        counts = {s: sum(r.status == s for r in results) for s in ("graded", "inconclusive", "failed", "rejected")}
         self.console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f". CSV: grades-{self.assignment}.csv", markup=False)
 
 
@@ -621,6 +645,34 @@ def _lost_points(folder: Path) -> str:
             if not cell["passed"]:
                 lost.setdefault((cell["reason"] or "failed").splitlines()[0][:120], []).append(cell["id"])
     return "; ".join(f"{', '.join(cells)}: {reason}" for reason, cells in lost.items())
+
+
+def _inconclusive(folder: Path) -> dict[str, list[str]]:
+    """{notebook name: graded cells whose result was inconclusive} of an autograded submission."""
+    import nbformat
+
+    found = {}
+    for path in sorted(folder.glob("*.ipynb")):
+        try:
+            cells = nbformat.read(path, as_version=4).cells
+        except Exception:  # an unreadable notebook is not a busy machine
+            continue
+        ids = [c.metadata.get("nbgrader", {}).get("grade_id") for c in cells
+               if any(o.get("ename") == "Inconclusive" for o in c.get("outputs", []))]
+        if ids := [i for i in ids if i]:
+            found[path.stem] = ids
+    return found
+
+
+def _needs_manual_grade(db: Path, assignment: str, student: str, cells: dict[str, list[str]]) -> None:
+    """Mark the inconclusive cells for the instructor (formgrader's "needs manual grade")."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{db}") as gb:
+        for notebook, ids in cells.items():
+            for cell in ids:
+                gb.find_grade(cell, notebook, assignment, student).needs_manual_grade = True
+        gb.db.commit()
 
 
 def _add_notes(folder: Path, notes: list[str]) -> None:

@@ -30,6 +30,12 @@ output where it loses its points, stdout where it does not):
   themselves, so it comes from the learner's code (a warning, a background thread) and must not
   cost the cell its points;
 - notes left by `CheckSubmission` (edited, missing or duplicated cells) are printed in the cell.
+
+Phase 2's yardsticks (the model ceiling and the naive baseline) are the grader's own: their
+cells (`grader_cells`) do not run in the learner's kernel, and `graders.trusted.yardsticks`
+measures both in a process of the grader's just before and just after the measured cell, again
+while the two disagree; the tests read the bracket (`measured.json`, with the measured cell's
+duration by the grader's clock and the Serve processes it counted).
 """
 
 from __future__ import annotations
@@ -76,10 +82,15 @@ class MeasuredExecute(OutputLimits, Execute):
                          "learner's kernel still runs (so hidden tests can ask it questions)").tag(config=True)
     serve_cells = List(["run_service"], help="cells after which the grader counts the Serve processes left").tag(config=True)
     max_questions = Integer(16, help="questions one test cell may ask the learner's kernel").tag(config=True)
+    yardstick_phases = List(["02_advanced_processing"], help="assignments whose measured cell the grader brackets "
+                            "with its own yardsticks (graders/trusted/yardsticks.py)").tag(config=True)
+    grader_cells = List(["run_ceiling", "run_naive"], help="locked cells that measure yardsticks in the learner's "
+                        "kernel: when graded, not run there (the grader measures them itself)").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         phase = self.phase or (resources or {}).get("nbgrader", {}).get("assignment", "")
         self._trusted = phase in self.trusted_tests
+        self._yardsticks = self._trusted and phase in self.yardstick_phases
         self._deferred = []  # test cells kept for the grader's kernel
         self._outside = None
         self._stopped = None  # why the remaining cells are not run
@@ -87,7 +98,7 @@ class MeasuredExecute(OutputLimits, Execute):
         self._deadline = time.monotonic() + self.notebook_timeout if self.notebook_timeout > 0 else None
         self._limit = None
         self._graded = False  # the grader's pass has run
-        self._serve_left = None  # Serve processes the grader counted after the service cell
+        self._measured = {}  # what the grader measured itself (serve_left, yardsticks, run_cell_seconds)
         self.start_notebook()
         self.timeout_func = lambda cell: self._limit
         nb, resources = super().preprocess(nb, resources, km=km)  # the learner's kernel is shut down here
@@ -121,8 +132,7 @@ class MeasuredExecute(OutputLimits, Execute):
             if self._outside is not None:
                 report = str(own / "outside_report.json")
                 Path(report).write_text(json.dumps(self._outside.to_dict(timeline=True)))
-            if self._serve_left is not None:
-                (own / "measured.json").write_text(json.dumps({"serve_left": self._serve_left}))
+            (own / "measured.json").write_text(json.dumps(self._measured))
             setup = [c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") in self.setup_cells]
             expected, measured = _published(nb.cells, self.measured_cells)
             env = {"COURSE_GRADER": "1", "COURSE_QUESTIONS": str(own / "questions"), "COURSE_ANSWERS": str(own / "answers"),
@@ -239,6 +249,11 @@ class MeasuredExecute(OutputLimits, Execute):
             cell.outputs, cell.execution_count = [], None
             self._deferred.append(cell)
             return cell, resources
+        if self._yardsticks and cell.metadata.get("nbgrader", {}).get("grade_id") in self.grader_cells:
+            cell.outputs, cell.execution_count = [_stdout(
+                "[grader: not run while graded: the grader measures this yardstick itself, before and after your "
+                "pipeline, in a process of its own (see the tests below)]\n")], None
+            return cell, resources
         self._set_limit(left)
         try:
             cell, resources = self._execute(cell, resources, index)
@@ -263,15 +278,47 @@ class MeasuredExecute(OutputLimits, Execute):
             try:
                 return super().preprocess_cell(cell, resources, index)
             finally:
-                self._serve_left = self._count_serve_processes()
+                self._measured["serve_left"] = self._count_serve_processes()
         if gid not in self.measured_cells:
             return super().preprocess_cell(cell, resources, index)
+        yardsticks = self._start_yardsticks() if self._yardsticks else None
         monitor = UtilizationMonitor(scope=self._run_scope())
+        start = time.monotonic()
         try:
             with monitor:
                 return super().preprocess_cell(cell, resources, index)
         finally:  # its report exists once the monitor has stopped, also when the kernel died
+            self._measured["run_cell_seconds"] = round(time.monotonic() - start, 3)
             self._outside = monitor.report
+            if yardsticks:
+                self._measured["yardsticks"] = self._finish_yardsticks(*yardsticks)
+
+    def _start_yardsticks(self):
+        """The grader's yardstick process and its measurement before the run (yardsticks.py)."""
+        from graders import data
+        from graders.trusted import sandbox, yardsticks
+
+        try:
+            proc = yardsticks.YardstickProcess(data.paths().reviews, sandbox.PRIORITY if os.geteuid() == 0 else 0)
+        except Exception as exc:  # the tests then say "inconclusive", with this reason
+            return None, {"error": f"the grader's yardstick process did not start ({type(exc).__name__}: {exc})"}
+        return proc, proc.measure()
+
+    def _finish_yardsticks(self, proc, before: dict) -> dict:
+        """Measure again after the run while before and after disagree; the bracket the tests read."""
+        from graders.trusted import yardsticks
+
+        afters = []
+        if proc is None:
+            return before
+        try:
+            while "error" not in before and len(afters) < yardsticks.TRIES:
+                afters.append(proc.measure())
+                if yardsticks.agree(before, afters[-1]) or "error" in afters[-1]:
+                    break
+        finally:
+            proc.close()
+        return yardsticks.bracket(before, afters)
 
     def _run_scope(self) -> dict | None:
         """The learner's run, for the outside measurement: the sandbox's cgroup; else the kernel's
@@ -398,7 +445,7 @@ class GraderExecute(MeasuredExecute):
     ask_learner = None  # () -> bool: answers the questions asked so far; False when none were new
 
     def preprocess(self, nb, resources=None, km=None):
-        self._trusted, self._deferred, self._outside = False, [], None
+        self._trusted, self._yardsticks, self._deferred, self._outside, self._measured = False, False, [], None, {}
         self._stopped, self._unfinished, self._limit = None, [], None
         self._deadline = self.deadline
         self.start_notebook()

@@ -6,16 +6,21 @@ keeps every core busy (one busy process per core), alternating, in one run, thro
 per condition, and the cells a submission must never earn:
 
 - reference: every point, every run;
-- naive (Phase 2): a correct pipeline in the slow pattern: never efficiency or speedup;
+- naive (Phase 2): a correct pipeline in the slow pattern, which also replaces the notebook's
+  yardsticks with slower ones: never efficiency or speedup;
 - sleeping: sleeps in its model stage and patches its utilization reports to 100 %: never the
   utilization cell;
 - fake: no model, a busy loop beside constant or random outputs: never the utilization,
   efficiency or speedup cells;
 - precomputed: the model's outputs computed in the solution cell, before the measured run, and
-  handed out during it: never the utilization, efficiency or speedup cells.
+  handed out during it: never the utilization, efficiency or speedup cells;
+- held back (Phase 2): the reference, but every embedding computed first (in the run) and then
+  handed out slowly, block by block, so the "steady" rate would read several times the real one:
+  never efficiency or speedup.
 
     make bench-noise                     # or: PYTHONPATH=tests .venv/bin/python tests/bench/noise.py
     BENCH_K=1 BENCH_PHASES=01_foundation make bench-noise   # a quicker look
+    BENCH_K=1 BENCH_SUBMISSIONS=reference,held_back make bench-noise
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from graders.cli import grade_notebook
 ROOT = Path(__file__).resolve().parents[2]
 K = int(os.environ.get("BENCH_K", 3))
 PHASES = os.environ.get("BENCH_PHASES", "01_foundation,02_advanced_processing").split(",")
+ONLY = [n for n in os.environ.get("BENCH_SUBMISSIONS", "").split(",") if n]  # default: every submission
 UTILIZATION = {"01_foundation": ("accelerator_stage",), "02_advanced_processing": ("accelerator_utilization",)}
 SPEED = {"01_foundation": (), "02_advanced_processing": ("efficiency", "speedup")}
 
@@ -94,6 +100,20 @@ def _replace(source: str):
     return mutate
 
 
+def _held_back(nb):
+    cell = solution_cell(nb, "embedding_pipeline")
+    start, end = "    return reviews.map_batches(clean_and_tokenize", "    ### END SOLUTION"
+    assert start in cell.source and end in cell.source
+    cell.source = cell.source.replace(start, "    embedded = reviews.map_batches(clean_and_tokenize").replace(end, """
+    def drip(block):  # everything is computed first, then handed out slowly, as if it streamed
+        __import__("time").sleep(0.5)
+        return block
+
+    return embedded.materialize().map_batches(drip, batch_size=None)
+""" + end)
+    return nb
+
+
 def _sleeping(gid: str, anchor: str, sleep: str):
     def mutate(nb, _gid):
         cell = solution_cell(nb, gid)
@@ -118,6 +138,7 @@ SUBMISSIONS = {
                                          "            __import__('time').sleep(1.0)\n")(nb, None),
         "fake": lambda nb: _replace(FAKE_TEXTS)(nb, "embedding_pipeline"),
         "precomputed": lambda nb: _replace(PRECOMPUTED_TEXTS)(nb, "embedding_pipeline"),
+        "held_back": _held_back,
     },
 }
 
@@ -126,7 +147,7 @@ def never(phase: str, name: str) -> set[str]:
     """The cells this submission must never earn."""
     if name == "reference":
         return set()
-    if name == "naive":
+    if name in ("naive", "held_back"):
         return set(SPEED[phase])
     if name == "sleeping":
         return set(UTILIZATION[phase])
@@ -154,6 +175,8 @@ def main() -> int:
     rows, problems = [], []
     for phase in PHASES:
         for name, mutate in SUBMISSIONS[phase].items():
+            if ONLY and name not in ONLY:
+                continue
             results = {False: [], True: []}
             for k in range(K):
                 for loaded in (k % 2 == 1, k % 2 == 0):  # alternate which condition goes first
@@ -168,7 +191,7 @@ def main() -> int:
                     points = sum(c["points"] for c in cells)
                     most = sum(c["max_points"] for c in cells)
                     earned = {c["id"] for c in cells if c["passed"]} & never(phase, name)
-                    inconclusive = sum("inconclusive" in c["reason"] for c in cells)
+                    inconclusive = sum(c["reason"].startswith("Inconclusive") for c in cells)
                     results[loaded].append((points, earned, inconclusive))
                     if name == "reference" and points < most:
                         problems.append(f"{phase} reference {'loaded' if loaded else 'idle'}: {points}/{most}: "
