@@ -234,14 +234,19 @@ class _RunMeter:
             now[task] = value
             # a task seen before: what it did since; a new one: all it did (it started since)
             before = self.seen.get(task, (0, 0) if self.primed else value)
-            run += max(0, value[0] - before[0])
-            wait += max(0, value[1] - before[1])
+            ran = max(0, value[0] - before[0])
+            run += ran
+            # Ready time counts up to the time the thread ran: a busy thread kept off a core it
+            # shares wants about as much as it got; a thread that only wakes up to poll (Ray has
+            # hundreds) waits far longer than it runs, and that wait is not work it wanted to do.
+            wait += min(ran, max(0, value[1] - before[1]))
         self.seen, self.primed = now, True
         return run, wait
 
     def read(self, machine: float) -> dict:
         """``cpu_run``: % of the run's cores it used; ``cpu_wait``: % of them it was ready to
-        use but waited for while other load held them (at most what that load used)."""
+        use but waited for while other load held them (at most what that load used, and per
+        thread at most what that thread ran: see `_deltas`)."""
         t, usage = time.monotonic(), self._usage()
         run, wait = self._deltas()
         if usage is not None:  # the cgroup's counter also holds the threads that ended meanwhile

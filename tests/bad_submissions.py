@@ -266,7 +266,7 @@ KINDS: dict[str, Kind] = {
         "asks for num_gpus=1 per task/actor but this Ray cluster has 0 GPUs", "num_gpus=1 written by hand"),
     "faked_telemetry": Kind(
         _chain(lambda nb: _append(nb, "image_pipeline", FAKE_TELEMETRY),
-               _edit("image_pipeline", "    def preprocess(batch):\n", "    def preprocess(batch):\n        _time.sleep(3)\n")),
+               _edit("image_pipeline", "    def preprocess(batch):\n", "    def preprocess(batch):\n        _time.sleep(6)\n")),
         ("accelerator_stage",), "from outside the notebook", "utilization reports patched to say 100 %"),
     "fake_model": Kind(
         _chain(_edit("image_pipeline", "            features, logits = gr.models.vision_forward(self.model, pixels)\n", FAKE_MODEL),

@@ -402,3 +402,20 @@ def test_the_gpu_share_of_the_runs_processes_comes_from_nvmls_per_process_sample
     report = UtilizationReport.from_samples(samples, {**ONE_GPU, "gpu_run": "NVML's per-process samples"}, 0.1)
     assert report.mean == pytest.approx(90.0) and report.run_gpu_mean == pytest.approx(30.0)
     assert "GPU of this run's processes: mean 30.0 % (NVML's per-process samples" in report.summary()
+
+
+def test_ready_time_counts_only_up_to_the_time_each_thread_ran(monkeypatch):
+    """A busy thread kept off a shared core is credited the time it waited (about what it would
+    have used); a thread that only wakes up to poll waits far longer than it runs, and only what
+    it ran counts: Ray's hundreds of polling threads must not turn a neighbour's load into the
+    run's utilization (a sleeping Phase 1 pipeline on one core read over its 50 % target so)."""
+    from graders.telemetry import _RunMeter
+
+    meter = _RunMeter({"pid": os.getpid()}, 2)
+    values = {1: (0, 0), 2: (0, 0)}
+    monkeypatch.setattr(meter, "_tasks", lambda: [1, 2])
+    monkeypatch.setattr(meter, "_read", lambda task: values[task])
+    meter.seen, meter.primed = {}, False
+    meter._deltas()
+    values.update({1: (50_000_000, 40_000_000), 2: (1_000_000, 30_000_000)})
+    assert meter._deltas() == (51_000_000, 41_000_000)
