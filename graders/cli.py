@@ -105,14 +105,14 @@ def cmd_check(args) -> int:
     total = sum(c["points"] for c in cells)
     most = sum(c["max_points"] for c in cells)
     for c in cells:
-        mark = "PASS" if c["passed"] else "INCONCLUSIVE" if c["reason"].startswith("Inconclusive") else "FAIL"
+        mark = "PASS" if c["passed"] else "INCONCLUSIVE" if c["inconclusive"] else "FAIL"
         print(f"\n[{mark}] {c['id']}  {c['points']:g}/{c['max_points']:g}")
         if c["output"]:
             print("   measured: " + c["output"].replace("\n", "\n             "))
         if c["reason"]:
             print(f"   reason: {c['reason']}")
     print(f"\nScore: {total:g} / {most:g}" + ("  - phase complete!" if total == most else ""))
-    if any(c["reason"].startswith("Inconclusive") for c in cells):
+    if any(c["inconclusive"] for c in cells):
         print("Some results were inconclusive: the machine was too busy to measure them. Run make check again "
               "when it is quieter (close other heavy programs).")
     return 0 if total == most else 1

@@ -229,7 +229,8 @@ def _check_gpus(ds) -> None:
 
 
 def graded_cells(nb) -> list[dict]:
-    """Graded cells of an executed (autograded) notebook: id, points, passed, reason, output."""
+    """Graded cells of an executed (autograded) notebook: id, points, passed, reason, output, and
+    inconclusive (the grader could not decide: `checks.Inconclusive`)."""
     from nbgrader.utils import determine_grade, is_grade
 
     cells = []
@@ -237,7 +238,7 @@ def graded_cells(nb) -> list[dict]:
         if not is_grade(cell):
             continue
         score, max_points = determine_grade(cell)
-        out, reason = [], ""
+        out, reason, inconclusive = [], "", False
         for o in cell.get("outputs", []):
             if o.output_type == "stream":
                 out.append(o.text)
@@ -247,8 +248,10 @@ def graded_cells(nb) -> list[dict]:
                 out.append(o.data["text/plain"] + "\n")
             elif o.output_type == "error":
                 reason = f"{o.ename}: {o.evalue}"
+                inconclusive = o.ename == "Inconclusive"
         cells.append(dict(id=cell.metadata.nbgrader["grade_id"], points=score, max_points=max_points,
-                          passed=score == max_points, reason=reason, output="".join(out).strip()))
+                          passed=score == max_points, reason=reason, output="".join(out).strip(),
+                          inconclusive=inconclusive))
     return cells
 
 

@@ -470,8 +470,7 @@ class UtilizationReport:
                      **{k: float(s[k]) for k in ("cpu_run", "cpu_wait", "cpu_run_s", "gpu_run") if s.get(k) is not None}} for s in samples]
         own = bool(timeline) and all("cpu_run" in s for s in timeline)  # the run's own CPU, not the machine's
         # The run's share of its cores: what it used, plus what it was ready to use while other load
-        # held those cores (at most that load's share; see _RunMeter.read). A busy neighbour then
-        # costs the run's grade nothing, and a run that sleeps or waits on nothing gains nothing.
+        # held those cores (see _run_cpu and _RunMeter.read for the caps).
         run_cpu = [_run_cpu(s) for s in timeline] if own else [s["cpu"] for s in timeline]
         names = [str(n) for n in info.get("gpus") or []]
         nvml_error = info.get("nvml")

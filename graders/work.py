@@ -77,9 +77,8 @@ def _why_not_streamed(run, per_row: float, report, slack_s: float = 1.0) -> str 
     before the run's own clock starts) from its first output block to `slack_s` after its last."""
     from graders.perf import MIN_STEADY_BLOCKS
 
-    arrivals = list(getattr(run, "arrivals", []) or [])
-    timeline = getattr(report, "timeline", None) or []
-    if len(arrivals) < MIN_STEADY_BLOCKS or not all("cpu_run_s" in s for s in timeline) or not timeline:
+    arrivals, timeline = run.arrivals, report.timeline
+    if len(arrivals) < MIN_STEADY_BLOCKS or not timeline or not all("cpu_run_s" in s for s in timeline):
         return None  # no steady rate is graded, or no samples to read it from
     first, last = arrivals[0][0], arrivals[-1][0]
     t0 = timeline[0]["t"] - report.interval_s  # each sample covers the interval before it

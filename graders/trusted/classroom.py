@@ -651,15 +651,15 @@ def _inconclusive(folder: Path) -> dict[str, list[str]]:
     """{notebook name: graded cells whose result was inconclusive} of an autograded submission."""
     import nbformat
 
+    from graders.grading import graded_cells
+
     found = {}
     for path in sorted(folder.glob("*.ipynb")):
         try:
-            cells = nbformat.read(path, as_version=4).cells
+            cells = graded_cells(nbformat.read(path, as_version=4))
         except Exception:  # an unreadable notebook is not a busy machine
             continue
-        ids = [c.metadata.get("nbgrader", {}).get("grade_id") for c in cells
-               if any(o.get("ename") == "Inconclusive" for o in c.get("outputs", []))]
-        if ids := [i for i in ids if i]:
+        if ids := [c["id"] for c in cells if c["inconclusive"]]:
             found[path.stem] = ids
     return found
 

@@ -191,7 +191,7 @@ def main() -> int:
                     points = sum(c["points"] for c in cells)
                     most = sum(c["max_points"] for c in cells)
                     earned = {c["id"] for c in cells if c["passed"]} & never(phase, name)
-                    inconclusive = sum(c["reason"].startswith("Inconclusive") for c in cells)
+                    inconclusive = sum(c["inconclusive"] for c in cells)
                     results[loaded].append((points, earned, inconclusive))
                     if name == "reference" and points < most:
                         problems.append(f"{phase} reference {'loaded' if loaded else 'idle'}: {points}/{most}: "
