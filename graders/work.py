@@ -6,7 +6,9 @@ Utilization and speed earn points only for work the model did. `expect_model_wor
    same inputs, with the course's reference model (EfficientNet-Lite0 labels and features for
    images, all-MiniLM-L6-v2 embeddings for review texts). A constant label, random features or
    copied ratings do not match.
-2. **They were computed in the measured run.** On a CPU, the run's own CPU time (measured by the
+2. **They were computed in the measured run.** When graded, the run's inputs are written afresh
+   by the grader just before it (`graders/trusted/inputs.py`): outputs computed earlier are for
+   other inputs and fail step 1. On a CPU, the run's own CPU time (measured by the
    monitor for exactly the run's processes, see `graders.telemetry`) must cover at least
    `WORK_SHARE` of what the model needs for all its rows, at the CPU time per row measured here on
    the sample. Rows computed before the run and only handed out during it arrive without that
@@ -24,6 +26,7 @@ grader's own measurement; in JupyterLab it runs in your kernel, on your own.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -55,8 +58,11 @@ def _why_not(run, kind: str, sample: int, seed: int) -> str | None:
     rows = np.random.default_rng(seed).choice(table.num_rows, size=min(sample, table.num_rows), replace=False)
     matched, seconds = (_images if kind == "image" else _texts)(table, sorted(int(r) for r in rows))
     if matched < MATCH_SHARE * len(rows):
+        fresh = (" The grader wrote this run's inputs afresh just before it started: rows computed before the run, "
+                 f"or from other files than the {'images_path' if kind == 'image' else 'reviews_path'} your function was "
+                 "given, do not match them." if os.environ.get("COURSE_INPUTS") else "")
         return (f"{len(rows) - matched} of {len(rows)} sampled rows differ from what the reference model computes "
-                f"for the same {'image' if kind == 'image' else 'review'} (a stage that skips or fakes the model?)")
+                f"for the same {'image' if kind == 'image' else 'review'} (a stage that skips or fakes the model?).{fresh}")
     print(f"model check: {matched} of {len(rows)} sampled rows match the reference model")
     report = run.report
     used = getattr(report, "run_cpu_seconds", None)

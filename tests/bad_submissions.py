@@ -80,11 +80,11 @@ COUNT_LOOP = '''    def count(text):
     def count_words(batch):
 '''
 
-# No model: a busy loop keeps the CPU "utilized" while each image gets the cat label and random
-# features. Every other check passes (labels are ImageNet names, the cat photos are cats).
-FAKE_MODEL = '''            _spin(0.3)  # busy, as if the model ran
-            features = torch.rand(len(pixels), 1280)
-            logits = torch.zeros(len(pixels), 1000).index_fill_(1, torch.tensor([281]), 5.0)  # always "tabby cat"
+# The model's real outputs, computed in the solution cell (before the measured run) from the
+# course's images, handed out during the run while a busy loop keeps the CPU "utilized": right
+# labels, right features, CPU time to spare. Only the grader's fresh inputs tell them apart.
+PRECOMPUTED_BUSY = '''            _spin(1.0)  # busy, as if the model ran
+            features, logits = _cached(batch["path"])
 '''
 SPIN = '''def _spin(seconds):
     import time as _time
@@ -92,6 +92,32 @@ SPIN = '''def _spin(seconds):
     end = _time.monotonic() + seconds
     while _time.monotonic() < end:
         pass
+
+
+def build_image_pipeline('''
+# No model: a busy loop keeps the CPU "utilized" while each image gets the cat label and random
+# features (make bench-noise's "fake").
+FAKE_MODEL = '''            _spin(0.3)  # busy, as if the model ran
+            features = torch.rand(len(pixels), 1280)
+            logits = torch.zeros(len(pixels), 1000).index_fill_(1, torch.tensor([281]), 5.0)  # always "tabby cat"
+'''
+PRECOMPUTE = '''def _precompute(folder):
+    import os
+    from PIL import Image
+
+    names = sorted(os.listdir(folder))
+    pixels = torch.as_tensor(np.stack([gr.models.preprocess_image(np.asarray(Image.open(os.path.join(folder, n)).convert("RGB")))
+                                       for n in names]))
+    features, logits = gr.models.vision_forward(gr.models.load_vision_model("cpu"), pixels)
+    return {n: (f, l) for n, f, l in zip(names, features.numpy(), logits.numpy())}
+
+
+_CACHE = _precompute(paths.images)  # the model's outputs, before the measured run
+
+
+def _cached(paths_):
+    rows = [_CACHE[str(p).rsplit("/", 1)[-1]] for p in paths_]
+    return torch.as_tensor(np.stack([f for f, _ in rows])), torch.as_tensor(np.stack([g for _, g in rows]))
 
 
 def build_image_pipeline('''
@@ -268,11 +294,11 @@ KINDS: dict[str, Kind] = {
         _chain(lambda nb: _append(nb, "image_pipeline", FAKE_TELEMETRY),
                _edit("image_pipeline", "    def preprocess(batch):\n", "    def preprocess(batch):\n        _time.sleep(6)\n")),
         ("accelerator_stage",), "from outside the notebook", "utilization reports patched to say 100 %"),
-    "fake_model": Kind(
-        _chain(_edit("image_pipeline", "            features, logits = gr.models.vision_forward(self.model, pixels)\n", FAKE_MODEL),
-               _edit("image_pipeline", "def build_image_pipeline(", SPIN)),
-        ("accelerator_stage",), "differ from what the reference model computes",
-        "no model: a constant cat label, random features and a busy loop to look utilized"),
+    "precomputed_busy": Kind(
+        _chain(_edit("image_pipeline", "            features, logits = gr.models.vision_forward(self.model, pixels)\n", PRECOMPUTED_BUSY),
+               _edit("image_pipeline", "def build_image_pipeline(", SPIN), _edit("image_pipeline", "def build_image_pipeline(", PRECOMPUTE)),
+        ("accelerator_stage",), "The grader wrote this run's inputs afresh just before it started",
+        "the model's outputs computed before the measured run, handed out during it beside a busy loop"),
     "error_hooks": Kind(
         lambda nb: _append(nb, "image_pipeline", ERROR_HOOKS), FULL, "asks for num_gpus=1 per task/actor",
         "IPython hooks that clear every error and print every cell (the error they would hide still shows)"),
@@ -291,7 +317,7 @@ STUDENTS: dict[str, tuple[str, ...]] = {"-".join(kinds): kinds for kinds in [
     ("out_of_memory", "hard_coded", "output_flood", "write_outside"),
     ("gpu_without_gpu", "edited_tests", "error_hooks"),  # the hooks would clear both mistakes' errors
     ("faked_telemetry", "empty_dataset", "patched_checks"),  # the patches would pass both mistakes' checks
-    ("infinite_loop", "actors_left", "fake_model"),
+    ("infinite_loop", "actors_left", "precomputed_busy"),
     ("stderr_noise", "kernel_crash"),  # a warning in one cell, then the kernel dies
 ]}
 assert sorted(k for kinds in STUDENTS.values() for k in kinds) == sorted(KINDS), "every kind once, in one student"

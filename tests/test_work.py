@@ -90,3 +90,88 @@ def test_a_stream_handed_out_after_it_was_computed_earns_nothing(reviews):
     streamed = _run(ids, vectors, tensor, _timed_report(busy_until=8.0))
     streamed.arrivals = [(1.0 + 0.6 * i, 1) for i in range(len(vectors))]
     work.expect_model_work(streamed, "text")
+
+
+# ------------------------------------------------------------------ the grader's fresh inputs
+@pytest.fixture
+def fresh(monkeypatch):
+    """The grader's copy of the reviews and images (graders/trusted/inputs.py), as a graded run sees it."""
+    from graders.trusted.inputs import FreshInputs
+
+    data.prepare()
+    inputs = FreshInputs(("reviews", "images"), seed=7)
+    monkeypatch.setenv("COURSE_INPUTS", str(inputs.shown))
+    yield inputs
+    inputs.close()
+    assert not inputs.shown.exists() and not inputs.staged.exists()
+
+
+def _image_files(folder: str) -> dict[str, bytes]:
+    from pathlib import Path
+
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+
+
+def test_fresh_inputs_keep_every_file_id_and_count_and_change_every_kept_review_and_image(fresh):
+    from PIL import Image
+
+    original = data.paths(root=data.data_root())  # root given: the course's own files, never the grader's copy
+    seen = data.paths()
+    assert (seen.reviews, seen.images) == (str(fresh.shown / "reviews"), str(fresh.shown / "images"))
+    assert seen.support == original.support
+    plain = data.read_reviews(seen.reviews)
+    assert plain.equals(data.read_reviews(original.reviews)), "before the measured cell the run sees a plain copy"
+    assert _image_files(seen.images) == _image_files(original.images)
+    fresh.stage()
+    assert fresh.staged.stat().st_mode & 0o777 == 0o700, "the sandbox user must not read the salted copy before it is shown"
+    fresh.reveal()
+    salted = data.read_reviews(data.paths().reviews)
+    for column in ("review_id", "product_id", "rating"):
+        assert salted.column(column).equals(plain.column(column))
+    kept = data.read_reviews(data.paths().reviews, kept=True)
+    assert kept.column("review_id").equals(data.read_reviews(original.reviews, kept=True).column("review_id"))
+    before, after = plain.column("text").to_pylist(), salted.column("text").to_pylist()
+    assert all((a != b) == bool(data.clean_review_text(a)) for a, b in zip(before, after)), "kept texts change, blank ones stay"
+    files, salted_files = _image_files(original.images), _image_files(data.paths().images)
+    assert files.keys() == salted_files.keys() and all(files[n] != salted_files[n] for n in files)
+    for name in list(files)[:: len(files) // 6]:
+        with Image.open(fresh.shown / "images" / name) as a, Image.open(f"{original.images}/{name}") as b:
+            assert (a.size, a.mode, a.format) == (b.size, b.mode, b.format)
+
+
+def test_embeddings_computed_before_the_inputs_were_renewed_earn_nothing(reviews, fresh):
+    """The model's real embeddings of the course's reviews, with CPU time to spare: after the
+    grader's swap they are another text's embeddings. Computed from the swapped-in texts: pass."""
+    ids, vectors, tensor = reviews
+    fresh.stage()
+    fresh.reveal()
+    with pytest.raises(CheckFailed, match="wrote this run's inputs afresh just before it started"):
+        work.expect_model_work(_run(ids, vectors, tensor, _report(90.0)), "text")
+    text = dict(zip(*data.read_reviews(data.paths().reviews, kept=True).select(["review_id", "text"]).columns))
+    tokenizer, model = models.load_text_model("cpu")
+    now = models.embed_texts(tokenizer, model, [text[i].as_py() for i in ids])
+    work.expect_model_work(_run(ids, now, tensor, _report(90.0)), "text")
+
+
+def test_image_features_computed_before_the_inputs_were_renewed_earn_nothing(fresh):
+    import torch
+    from PIL import Image
+    from ray.data._internal.tensor_extensions.arrow import ArrowTensorArray
+
+    names = sorted(_image_files(data.paths().images))[::12]
+    model = models.load_vision_model("cpu")
+
+    def outputs(folder):
+        pixels = torch.as_tensor(np.stack([models.preprocess_image(np.asarray(Image.open(f"{folder}/{n}").convert("RGB")))
+                                           for n in names]))
+        features, logits = models.vision_forward(model, pixels)
+        return pa.table({"path": [f"{folder}/{n}" for n in names],
+                         "label": [models.imagenet_label(i) for i in logits.argmax(1).tolist()],
+                         "features": ArrowTensorArray.from_numpy(features.numpy())})
+
+    before = outputs(data.paths().images)
+    fresh.stage()
+    fresh.reveal()
+    with pytest.raises(CheckFailed, match="wrote this run's inputs afresh"):
+        work.expect_model_work(PipelineRun("image pipeline", rows=before, report=_report(90.0)), "image")
+    work.expect_model_work(PipelineRun("image pipeline", rows=outputs(data.paths().images), report=_report(90.0)), "image")

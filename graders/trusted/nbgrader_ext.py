@@ -36,6 +36,10 @@ cells (`grader_cells`) do not run in the learner's kernel, and `graders.trusted.
 measures both in a process of the grader's just before and just after the measured cell, again
 while the two disagree; the tests read the bracket (`measured.json`, with the measured cell's
 duration by the grader's clock and the Serve processes it counted).
+
+The measured run's inputs are the grader's (`graders.trusted.inputs`, Phases 1 and 2): a plain
+copy until just before the measured cell, then a salted one written by the grader, which the
+yardsticks and the tests read too. Outputs computed before the run do not match it.
 """
 
 from __future__ import annotations
@@ -98,15 +102,42 @@ class MeasuredExecute(OutputLimits, Execute):
         self._deadline = time.monotonic() + self.notebook_timeout if self.notebook_timeout > 0 else None
         self._limit = None
         self._graded = False  # the grader's pass has run
-        self._measured = {}  # what the grader measured itself (serve_left, yardsticks, run_cell_seconds)
+        self._measured = {}  # what the grader measured itself (serve_left, yardsticks, run_cell_seconds, inputs)
         self.start_notebook()
         self.timeout_func = lambda cell: self._limit
-        nb, resources = super().preprocess(nb, resources, km=km)  # the learner's kernel is shut down here
-        if self._deferred and not self._graded:  # the learner's kernel stopped early: its questions go unanswered
-            self.grade_in_own_kernel(nb, resources)
+        self._inputs = self._fresh_inputs(phase)
+        try:
+            nb, resources = super().preprocess(nb, resources, km=km)  # the learner's kernel is shut down here
+            if self._deferred and not self._graded:  # the learner's kernel stopped early: its questions go unanswered
+                self.grade_in_own_kernel(nb, resources)
+        finally:
+            if self._inputs is not None:
+                self._inputs.close()
+                os.environ.pop("COURSE_INPUTS", None)
         graded_here = {id(c) for c in self._deferred}  # their reports are the grader's own measurement
         self.cross_check([c for c in nb.cells if id(c) not in graded_here], UTILIZATION_TARGETS.get(phase, {}))
         return nb, resources
+
+    def _fresh_inputs(self, phase: str):
+        """The grader's copy of the measured run's datasets (graders/trusted/inputs.py), which the
+        learner's kernel and the grader's read through COURSE_INPUTS; None where none is given."""
+        from graders.trusted import inputs
+
+        datasets = inputs.FRESH.get(phase) if self._trusted else None
+        if not datasets:
+            return None
+        why = inputs.unavailable()
+        try:
+            fresh = None if why else inputs.FreshInputs(datasets)
+        except Exception as exc:  # the data is not there, or a disk is full: the run reads the course's own files
+            why = f"{type(exc).__name__}: {exc}"
+            fresh = None
+        if fresh is None:
+            self._measured["inputs"] = f"not renewed ({why})"
+            self.log.warning("Fresh inputs: none for this run: %s.", why)
+            return None
+        os.environ[inputs.ENV] = str(fresh.shown)
+        return fresh
 
     def grade_in_own_kernel(self, nb, resources) -> None:
         """Run the deferred test cells in a fresh kernel of the grader's that the learner's code
@@ -136,7 +167,8 @@ class MeasuredExecute(OutputLimits, Execute):
             setup = [c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") in self.setup_cells]
             expected, measured = _published(nb.cells, self.measured_cells)
             env = {"COURSE_GRADER": "1", "COURSE_QUESTIONS": str(own / "questions"), "COURSE_ANSWERS": str(own / "answers"),
-                   "COURSE_MEASURED": str(own / "measured.json")}
+                   "COURSE_MEASURED": str(own / "measured.json"),
+                   **({"COURSE_INPUTS": str(self._inputs.shown)} if getattr(self, "_inputs", None) else {})}
             preamble = NotebookNode(cell_type="code", metadata={}, outputs=[], execution_count=None, source="\n".join([
                 "import os", f"os.environ.update({env!r})", *setup,
                 "from graders.handover import load_results as _load_results",
@@ -281,7 +313,11 @@ class MeasuredExecute(OutputLimits, Execute):
                 self._measured["serve_left"] = self._count_serve_processes()
         if gid not in self.measured_cells:
             return super().preprocess_cell(cell, resources, index)
+        renewed = self._stage_inputs()
         yardsticks = self._start_yardsticks() if self._yardsticks else None
+        if renewed:  # the salted copy, shown to the run only now (its yardsticks measured on it already)
+            self._inputs.reveal()
+            self._measured["inputs"] = "renewed"
         monitor = UtilizationMonitor(scope=self._run_scope())
         start = time.monotonic()
         try:
@@ -293,13 +329,28 @@ class MeasuredExecute(OutputLimits, Execute):
             if yardsticks:
                 self._measured["yardsticks"] = self._finish_yardsticks(*yardsticks)
 
+    def _stage_inputs(self) -> bool:
+        """Write the salted inputs of the measured run (not shown to it yet); False if there are none."""
+        if self._inputs is None:
+            return False
+        try:
+            self._inputs.stage()
+            return True
+        except Exception as exc:  # the run then reads the plain copy, and the tests say so
+            self._measured["inputs"] = f"not renewed ({type(exc).__name__}: {exc})"
+            self.log.warning("Fresh inputs: not written: %s", exc)
+            return False
+
     def _start_yardsticks(self):
         """The grader's yardstick process and its measurement before the run (yardsticks.py)."""
         from graders import data
         from graders.trusted import sandbox, yardsticks
 
+        reviews = data.paths().reviews
+        if self._inputs is not None and (self._inputs.staged / "reviews").is_dir():
+            reviews = self._inputs.staged_path("reviews")  # the salted reviews the run is about to read
         try:
-            proc = yardsticks.YardstickProcess(data.paths().reviews, sandbox.PRIORITY if os.geteuid() == 0 else 0)
+            proc = yardsticks.YardstickProcess(reviews, sandbox.PRIORITY if os.geteuid() == 0 else 0)
         except Exception as exc:  # the tests then say "inconclusive", with this reason
             return None, {"error": f"the grader's yardstick process did not start ({type(exc).__name__}: {exc})"}
         return proc, proc.measure()
@@ -446,6 +497,7 @@ class GraderExecute(MeasuredExecute):
 
     def preprocess(self, nb, resources=None, km=None):
         self._trusted, self._yardsticks, self._deferred, self._outside, self._measured = False, False, [], None, {}
+        self._inputs = None
         self._stopped, self._unfinished, self._limit = None, [], None
         self._deadline = self.deadline
         self.start_notebook()

@@ -10,8 +10,8 @@ everything it starts (Ray, its workers, a daemon started with `env -i setsid ...
   CPU-time counter that holds exactly this run's processes;
 - no network (its own network namespace, loopback only; Ray runs on it), unless its data is in
   object storage;
-- a file system of its own: the system, Python, the virtual environment, the course kit and the
-  course data read-only; writable only its own run folder (the notebook's folder) and a private
+- a file system of its own: the system, Python, the virtual environment, the course kit, the
+  course data and the grader's fresh inputs for the measured run (`inputs.py`) read-only; writable only its own run folder (the notebook's folder) and a private
   `/tmp` and `/dev/shm`. The solutions, any gradebook, other submissions, feedback,
   `nbgrader_config.py` and `.git` are not there at all;
 - its own unprivileged user (uid 65534, `nobody`) when the grader runs as root; otherwise the
@@ -212,7 +212,7 @@ def command(argv: list[str], writable: list[str], cwd: str) -> list[str]:
     cmd = ["bwrap", *unshare, "--die-with-parent", "--new-session", "--unsetenv", "JPY_PARENT_PID", *_system(),
            "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
            "--perms", "1777", "--tmpfs", "/tmp",
-           *_binds([sys.base_prefix, sys.prefix, str(KIT), _data_root()])]
+           *_binds([sys.base_prefix, sys.prefix, str(KIT), _data_root(), os.environ.get("COURSE_INPUTS")])]
     cmd += [*_binds(writable, "--bind"), "--chdir", cwd, "--"]
     if root:
         cmd += ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", "--no-new-privs",

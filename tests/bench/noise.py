@@ -14,6 +14,8 @@ per condition, and the cells a submission must never earn:
   efficiency or speedup cells;
 - precomputed: the model's outputs computed in the solution cell, before the measured run, and
   handed out during it: never the utilization, efficiency or speedup cells;
+- precomputed and busy: the same, with a busy loop running while they are handed out, so the
+  run's CPU time looks like the model's (the grader's fresh inputs catch it): never those cells;
 - held back (Phase 2): the reference, but every embedding computed first (in the run) and then
   handed out slowly, block by block, so the "steady" rate would read several times the real one:
   never efficiency or speedup.
@@ -91,6 +93,18 @@ FAKE_TEXTS = '''def build_embedding_pipeline(reviews_path, res):
     return ray.data.read_parquet(reviews_path).repartition(target_num_rows_per_block=64).map_batches(fake, batch_size=None)
 '''
 
+# The model's real embeddings of the course's reviews, computed in the solution cell (before the
+# measured run), handed out during it while a busy loop keeps the CPU "utilized".
+PRECOMPUTED_BUSY_TEXTS = PRECOMPUTED_TEXTS.replace(
+    "    return ray.data.from_arrow(_cached).repartition(target_num_rows_per_block=64)", '''    def busy(batch):
+        end = __import__("time").monotonic() + 0.5  # busy, as if the model ran
+        while __import__("time").monotonic() < end:
+            pass
+        return batch
+
+    return ray.data.from_arrow(_cached).repartition(target_num_rows_per_block=64).map_batches(busy, batch_size=None)''')
+assert PRECOMPUTED_BUSY_TEXTS != PRECOMPUTED_TEXTS
+
 
 def _replace(source: str):
     def mutate(nb, gid):
@@ -128,8 +142,12 @@ SUBMISSIONS = {
     "01_foundation": {
         "reference": None,
         "sleeping": bad_submissions.KINDS["faked_telemetry"].mutate,
-        "fake": bad_submissions.KINDS["fake_model"].mutate,
+        "fake": bad_submissions._chain(
+            bad_submissions._edit("image_pipeline", "            features, logits = gr.models.vision_forward(self.model, pixels)\n",
+                                  bad_submissions.FAKE_MODEL),
+            bad_submissions._edit("image_pipeline", "def build_image_pipeline(", bad_submissions.SPIN)),
         "precomputed": lambda nb: _replace(PRECOMPUTED_IMAGES)(nb, "image_pipeline"),
+        "precomputed_busy": bad_submissions.KINDS["precomputed_busy"].mutate,
     },
     "02_advanced_processing": {
         "reference": None,
@@ -138,6 +156,7 @@ SUBMISSIONS = {
                                          "            __import__('time').sleep(1.0)\n")(nb, None),
         "fake": lambda nb: _replace(FAKE_TEXTS)(nb, "embedding_pipeline"),
         "precomputed": lambda nb: _replace(PRECOMPUTED_TEXTS)(nb, "embedding_pipeline"),
+        "precomputed_busy": lambda nb: _replace(PRECOMPUTED_BUSY_TEXTS)(nb, "embedding_pipeline"),
         "held_back": _held_back,
     },
 }
