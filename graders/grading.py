@@ -220,12 +220,15 @@ def _check_gpus(ds) -> None:
     """Fail fast, with a reason, when a stage asks for more GPUs than the cluster has (it would wait forever)."""
     import ray
 
-    have = ray.cluster_resources().get("GPU", 0)
+    from graders.session import resources
+
+    have = resources().gpus  # on a cluster, with the GPUs its autoscaler may add
     for name, asked in _gpu_requests(ds):
         if asked > have:
             raise RuntimeError(f"stage {name} asks for num_gpus={asked:g} per task/actor but this Ray cluster has "
                                f"{have:g} GPUs, so it would wait forever. Try: use gr.resources() (res.gpus_per_actor "
-                               "is 0 without a GPU) instead of a fixed num_gpus")
+                               "is 0 without a GPU) instead of a fixed num_gpus; on a cluster whose autoscaler adds GPU "
+                               "nodes, set COURSE_AUTOSCALE_GPUS")
 
 
 def graded_cells(nb) -> list[dict]:

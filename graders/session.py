@@ -45,6 +45,13 @@ class Resources:
     batch_size: int  # model batch size suited to the device
     train_workers: int  # Ray Train workers (ScalingConfig.num_workers)
     cpus_per_train_worker: float  # ScalingConfig.resources_per_worker["CPU"]; use_gpu when gpus > 0
+    # Where this notebook's own process runs a model ("cuda" or "cpu"): the driver. Stages run on
+    # the workers (`accelerator`); on a cluster whose head has no GPU the two differ.
+    driver: str = ""
+
+    def __post_init__(self):
+        if not self.driver:
+            object.__setattr__(self, "driver", self.accelerator)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,11 +63,13 @@ class Resources:
             f"({self.cpus_per_actor:g} CPU, {self.gpus_per_actor:g} GPU), "
             f"batch_size={self.batch_size}, torch threads={self.torch_threads}; training: "
             f"{self.train_workers} worker(s) x ({self.cpus_per_train_worker:g} CPU, {1 if self.gpus else 0} GPU)"
+            + (f"; this notebook's own process: {self.driver}" if self.driver != self.accelerator else "")
         )
 
 
-def plan_resources(cpus: int, gpus: int) -> Resources:
+def plan_resources(cpus: int, gpus: int, driver: str = "") -> Resources:
     """Size a model stage from a CPU and GPU count (pure function; see the rules inline).
+    `driver`: the device of the notebook's own process, when it differs from the workers'.
 
     >>> plan_resources(2, 0).model_actors
     1
@@ -70,7 +79,7 @@ def plan_resources(cpus: int, gpus: int) -> Resources:
         # the other CPUs decode and preprocess.
         cpu_share = min(1.0, cpus / (2 * gpus))
         # Training: one worker per GPU (use_gpu=True), with the same CPU share.
-        return Resources(cpus, gpus, "cuda", gpus, cpu_share, 1.0, 1, 128, gpus, cpu_share)
+        return Resources(cpus, gpus, "cuda", gpus, cpu_share, 1.0, 1, 128, gpus, cpu_share, driver)
     # CPU only: the model actors take at most half the CPUs, so read and preprocessing tasks
     # always find a free CPU (2 actors x 1 CPU on 2 CPUs deadlocks against the read tasks).
     # Each actor still runs torch on its share of the cores.
@@ -81,7 +90,7 @@ def plan_resources(cpus: int, gpus: int) -> Resources:
     # Training: data-parallel workers that together take half the CPUs (2 workers x 0.5 CPU on 2
     # CPUs): the other half feeds them, because Ray Data's ingest tasks need a free CPU too.
     workers = max(2, cpus // 4)
-    return Resources(cpus, 0, "cpu", actors, 1.0, 0.0, max(1, cpus // actors), 16, workers, cpus / 2 / workers)
+    return Resources(cpus, 0, "cpu", actors, 1.0, 0.0, max(1, cpus // actors), 16, workers, cpus / 2 / workers, driver)
 
 
 GRADING_MEMORY_GB = 4  # one graded run: a kernel, a local Ray and a small model
@@ -146,14 +155,33 @@ def _local_gpu_count() -> int:
     return len(names)
 
 
+AUTOSCALE_GPUS = "COURSE_AUTOSCALE_GPUS"
+
+
+def autoscale_gpus() -> int:
+    """GPUs the cluster's autoscaler may add (`COURSE_AUTOSCALE_GPUS`, e.g. a KubeRay worker group
+    that sits at zero replicas: its max replicas x GPUs each); 0 when unset. Ray's public API does
+    not say what an autoscaler may add, only what is there now."""
+    value = os.environ.get(AUTOSCALE_GPUS, "0").strip() or "0"
+    if not value.isdigit():
+        raise ValueError(f"{AUTOSCALE_GPUS} must be a whole number of GPUs (0 or more), but found {value!r}. "
+                         f"Try: export {AUTOSCALE_GPUS}=4 for a GPU group that scales up to 4 GPUs, or unset it.")
+    return int(value)
+
+
 def resources() -> Resources:
-    """Resources of the running Ray cluster (call `start()` first)."""
+    """Resources of the running Ray cluster (call `start()` first). On a cluster, GPUs its
+    autoscaler may add (`autoscale_gpus()`) count as GPUs: a GPU group at zero still gets GPU stages."""
     import ray
 
     if not ray.is_initialized():
         raise RuntimeError("Ray is not running. Run the setup cell (`gr.start()`) first.")
-    total = ray.cluster_resources()
-    return plan_resources(int(total.get("CPU", 1)), int(total.get("GPU", 0)))
+    total = dict(ray.cluster_resources())
+    if os.environ.get("RAY_ADDRESS"):
+        total["GPU"] = max(total.get("GPU", 0), autoscale_gpus())
+    # The driver (this process) may sit on a node without a GPU, such as a cluster's head: cells
+    # that run a model here use `res.driver`.
+    return plan_resources(int(total.get("CPU", 1)), int(total.get("GPU", 0)), "cuda" if _local_gpu_count() else "cpu")
 
 
 def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
@@ -165,6 +193,12 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
     """
     import ray
 
+    if os.environ.get("RAY_ADDRESS", "").startswith("ray://"):
+        raise RuntimeError(
+            f"RAY_ADDRESS is a Ray Client address ({os.environ['RAY_ADDRESS']}), and Ray Data does not run over Ray "
+            "Client: it drives every pipeline from this process, which then needs a Ray worker of its own (Ray "
+            "2.60 fails with \"'Worker' object has no attribute 'core_worker'\"). Try: run JupyterLab on a node of "
+            "the cluster (its head, or a pod beside it) with RAY_ADDRESS=<head>:6379.")
     if os.environ.get("COURSE_GRADER") == "1" and not os.environ.get("RAY_ADDRESS"):
         # The grader's own kernel (graders/trusted/nbgrader_ext.py) grades results, it runs no pipeline:
         # the resources a run gets on this machine, sized as below, without starting Ray.
@@ -203,6 +237,10 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
     if not quiet:
         where = f"cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "local"
         print(f"Ray {ray.__version__} ({where}): {res}")
+        now = int(ray.cluster_resources().get("GPU", 0))
+        if res.gpus > now:
+            print(f"GPUs: {now} now, up to {res.gpus} as the autoscaler adds them ({AUTOSCALE_GPUS}); a GPU stage "
+                  "waits for its first GPU node (minutes), so use ActorPoolStrategy(min_size=1, max_size=res.model_actors).")
     return res
 
 

@@ -41,6 +41,7 @@ class Cluster:
     def __init__(self, temp_dir: str, port: int):
         self.temp_dir, self.port = temp_dir, port
         self.address = f"127.0.0.1:{port}"
+        self.client_address = None  # ray://... when its head runs a Ray Client server
         self._state = None
 
     def processes(self) -> list[psutil.Process]:
@@ -131,9 +132,12 @@ def _name(proc: psutil.Process) -> str:
 
 
 @contextlib.contextmanager
-def two_node_cluster():
-    """A head node and a worker node (`NODE_CPUS`), started here with this process's environment
-    and stopped afterwards; nothing of it may be left running."""
+def two_node_cluster(cpus: dict[str, int] = NODE_CPUS, gpus: dict[str, int] | None = None):
+    """A head node and a worker node (`cpus`, by node; a "head" alone gives one node), started here
+    with this process's environment and stopped afterwards; nothing of it may be left running.
+    `gpus`: GPUs a node advertises (on a machine without one, a resource Ray schedules by, not a
+    device). Its Ray Client address is `client_address`."""
+    gpus = gpus or {}
     # A short folder of its own (Ray's socket paths must stay under 108 characters) and ports of its
     # own: Ray's fixed defaults (10001 for Ray Client, 52365 for each node's agent) may be taken by
     # another Ray on this machine, or by the other node.
@@ -144,9 +148,11 @@ def two_node_cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     common = [f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    head = [RAY, "start", "--head", f"--port={port}", f"--num-cpus={NODE_CPUS['head']}", "--include-dashboard=false",
-            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}", *common]
-    worker = [RAY, "start", f"--address={c.address}", f"--num-cpus={NODE_CPUS['worker']}",
+    client = free_port()
+    c.client_address = f"ray://127.0.0.1:{client}"
+    head = [RAY, "start", "--head", f"--port={port}", f"--num-cpus={cpus['head']}", f"--num-gpus={gpus.get('head', 0)}",
+            "--include-dashboard=false", f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={free_port()}", *common]
+    worker = [RAY, "start", f"--address={c.address}", f"--num-cpus={cpus.get('worker', 0)}", f"--num-gpus={gpus.get('worker', 0)}",
               f"--dashboard-agent-listen-port={free_port()}", *common]
     started = time.perf_counter()
     try:
@@ -155,15 +161,15 @@ def two_node_cluster():
         heading = subprocess.Popen(head, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         while heading.poll() is None and not _listening(port):
             time.sleep(0.1)
-        joined = subprocess.run(worker, check=False, env=env, capture_output=True, text=True, timeout=180)
+        joined = subprocess.run(worker, check=False, env=env, capture_output=True, text=True, timeout=180) if "worker" in cpus else None
         head_out, _ = heading.communicate(timeout=180)
         assert heading.returncode == 0, f"ray start --head failed:\n{head_out}"
-        assert joined.returncode == 0, f"ray start --address failed:\n{joined.stdout}{joined.stderr}"
+        assert joined is None or joined.returncode == 0, f"ray start --address failed:\n{joined.stdout}{joined.stderr}"
         for _ in range(60):  # the worker node registers with the GCS shortly after `ray start` returns
-            if len(c.nodes()) == 2:
+            if len(c.nodes()) == len(cpus):
                 break
             time.sleep(0.5)
-        assert sorted(c.nodes().values()) == sorted(NODE_CPUS.values()), c.nodes()
+        assert sorted(c.nodes().values()) == sorted(cpus.values()), c.nodes()
         print(f"\ncluster at {c.address} up in {time.perf_counter() - started:.1f} s")
         yield c
     finally:

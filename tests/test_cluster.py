@@ -14,6 +14,8 @@ on such a cluster (`on_cluster` in tests/test_autograde_phase{2,3,4}.py), with t
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from cluster import CPUS, nodes_used, spread, two_node_cluster
 from conftest import ROOT, execute_notebook, s3_server
@@ -52,3 +54,67 @@ def test_phase1_validation_on_two_nodes_with_its_data_in_s3(cluster, s3, monkeyp
     assert "image pipeline: 96 rows" in run and "text pipeline: 240 rows" in run, run
     assert nodes_used(run, "image pipeline") == 2, run
     print(run, spread(cluster.actors_since(before)), sep="\n")
+
+
+DRIVER = '''
+import json, os, tempfile
+import numpy as np, ray, torch
+import graders as gr
+
+res = gr.start()
+print(res)
+
+
+class Where:  # a model stage: its device is the worker's
+    def __init__(self):
+        self.device = gr.models.device_for(res.accelerator)
+
+    def __call__(self, batch):
+        n = len(batch["id"])
+        return {"device": np.array([self.device] * n), "node": np.array([ray.get_runtime_context().get_node_id()] * n)}
+
+
+rows = ray.data.range(8).map_batches(Where, compute=ray.data.ActorPoolStrategy(size=1), num_gpus=res.gpus_per_actor,
+                                     batch_size=4).take_all()
+# a driver cell: a model here, on this process's own device, and weights saved elsewhere loaded on it
+folder = tempfile.mkdtemp()
+torch.save(gr.models.rating_classifier().state_dict(), os.path.join(folder, "model.pt"))
+classifier = gr.models.rating_classifier()
+classifier.load_state_dict(torch.load(os.path.join(folder, "model.pt"), map_location="cpu"))
+_, model = gr.models.load_text_model(res.driver)
+print(json.dumps({"accelerator": res.accelerator, "driver": res.driver, "gpus_per_actor": res.gpus_per_actor,
+                  "stage_devices": sorted({r["device"] for r in rows}), "stage_nodes": sorted({r["node"] for r in rows})}))
+gr.shutdown()
+'''
+
+
+def test_a_driver_on_a_node_without_a_gpu_runs_model_cells_on_its_own_device():
+    """A cluster whose head has no GPU and whose worker has one (here a GPU resource the worker
+    node advertises, on a machine without one), the notebook on the head: `res` plans GPU stages
+    (`accelerator` "cuda", a GPU per actor) while `res.driver`, the notebook's own process, is the
+    CPU; the stage is scheduled by its GPU, and the driver's model cells run on its CPU."""
+    import json
+    import subprocess
+    import sys
+
+    with two_node_cluster(gpus={"worker": 1}) as c:
+        env = {**os.environ, "RAY_ADDRESS": c.address, "COURSE_QUIET": "1"}
+        done = subprocess.run([sys.executable, "-c", DRIVER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        said = json.loads(done.stdout.strip().splitlines()[-1])
+        gpu_nodes = {n["NodeID"] for n in c.state().node_table() if n["Alive"] and n["Resources"].get("GPU")}
+    assert (said["accelerator"], said["driver"], said["gpus_per_actor"]) == ("cuda", "cpu", 1.0), said
+    assert said["stage_devices"] == ["cpu"], said  # no CUDA on this machine: the stage falls back in its own process
+    assert len(gpu_nodes) == 1 and set(said["stage_nodes"]) == gpu_nodes, (said, gpu_nodes)
+    assert "this notebook's own process: cpu" in done.stdout, done.stdout
+
+
+def test_a_ray_client_address_is_refused_with_what_to_do_instead(monkeypatch):
+    """Ray Data does not run over Ray Client (ray://): measured on a real client connection, Ray
+    2.60 runs remote tasks but fails every Dataset with "'Worker' object has no attribute
+    'core_worker'". `gr.start()` says so before connecting, and what to do instead."""
+    import graders as gr
+
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head.example:10001")
+    with pytest.raises(RuntimeError, match=r"Ray Data does not run over Ray Client.*Try: run JupyterLab on a node of the cluster"):
+        gr.start()

@@ -59,3 +59,35 @@ def test_grading_slots_never_share_a_gpu_or_a_core(monkeypatch):
     assert 1 < len(cores) <= 8 and all(len(c) >= 2 for c in cores)  # 16 cores: two or more a run (memory caps the count)
     assert len(set().union(*cores)) == sum(map(len, cores))  # disjoint
     assert session.grading_slots(workers=1) == [{"cores": None, "env": {}, "label": "the whole machine"}]
+
+
+def test_a_gpu_group_the_autoscaler_may_add_gets_gpu_stages_on_a_cluster(monkeypatch):
+    """A KubeRay GPU group at zero replicas: Ray sees no GPU yet. With COURSE_AUTOSCALE_GPUS the
+    plan has GPU stages and a stage asking for a GPU is not refused; a local Ray ignores it."""
+    import ray
+
+    from graders import grading, session
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    monkeypatch.setattr(grading, "_gpu_requests", lambda ds: [("MapBatches(Embed)", 1.0)])
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    with pytest.raises(RuntimeError, match="asks for num_gpus=1 per task/actor but this Ray cluster has 0 GPUs.*COURSE_AUTOSCALE_GPUS"):
+        grading._check_gpus(None)
+    monkeypatch.setenv("COURSE_AUTOSCALE_GPUS", "4")
+    res = session.resources()
+    assert (res.gpus, res.accelerator, res.gpus_per_actor, res.model_actors) == (4, "cuda", 1.0, 4), res
+    grading._check_gpus(None)
+    monkeypatch.setenv("COURSE_AUTOSCALE_GPUS", "four")
+    with pytest.raises(ValueError, match="must be a whole number of GPUs.*found 'four'.*Try: export COURSE_AUTOSCALE_GPUS=4"):
+        session.resources()
+    monkeypatch.setenv("COURSE_AUTOSCALE_GPUS", "4")
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert session.resources().gpus == 0  # a local Ray: what this machine has
+
+
+def test_the_driver_device_is_the_accelerator_unless_said_otherwise():
+    assert plan_resources(2, 0).driver == "cpu" and plan_resources(16, 1).driver == "cuda"
+    head = plan_resources(16, 1, "cpu")  # a cluster's head without a GPU
+    assert (head.accelerator, head.driver) == ("cuda", "cpu")
+    assert "this notebook's own process: cpu" in str(head) and "own process" not in str(plan_resources(16, 1))

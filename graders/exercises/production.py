@@ -38,7 +38,7 @@ def load_classifier(checkpoint):
     with checkpoint.as_directory() as folder:
         if not os.path.exists(os.path.join(folder, "model.pt")):
             _fail("checkpoint contents", "model.pt (the classifier's state_dict)", sorted(os.listdir(folder)),
-                  "save it on rank 0: torch.save(model.module.state_dict(), os.path.join(folder, 'model.pt')).")
+                  "save it on rank 0: torch.save(getattr(model, 'module', model).state_dict(), os.path.join(folder, 'model.pt')).")
         return models.load_rating_classifier(folder)
 
 
