@@ -26,7 +26,6 @@ grader's own measurement; in JupyterLab it runs in your kernel, on your own.
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -60,7 +59,7 @@ def _why_not(run, kind: str, sample: int, seed: int) -> str | None:
     if matched < MATCH_SHARE * len(rows):
         fresh = (" The grader wrote this run's inputs afresh just before it started: rows computed before the run, "
                  f"or from other files than the {'images_path' if kind == 'image' else 'reviews_path'} your function was "
-                 "given, do not match them." if os.environ.get("COURSE_INPUTS") else "")
+                 "given, do not match them." if _inputs_renewed() else "")
         return (f"{len(rows) - matched} of {len(rows)} sampled rows differ from what the reference model computes "
                 f"for the same {'image' if kind == 'image' else 'review'} (a stage that skips or fakes the model?).{fresh}")
     print(f"model check: {matched} of {len(rows)} sampled rows match the reference model")
@@ -76,6 +75,13 @@ def _why_not(run, kind: str, sample: int, seed: int) -> str | None:
                 f"{table.num_rows:,} rows: were they computed before the measured run?")
     # Phase 2 grades a steady rate (graders.perf.steady_rate); Phase 1 grades none
     return _why_not_streamed(run, seconds / len(rows), report) if kind == "text" else None
+
+
+def _inputs_renewed() -> bool:
+    """The grader wrote this run's inputs afresh just before it (graders/trusted/inputs.py)."""
+    from graders.handover import grader_measured
+
+    return grader_measured("inputs") == "renewed"
 
 
 def _why_not_streamed(run, per_row: float, report, slack_s: float = 1.0) -> str | None:

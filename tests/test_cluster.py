@@ -79,9 +79,8 @@ rows = ray.data.range(8).map_batches(Where, compute=ray.data.ActorPoolStrategy(s
 # a driver cell: a model here, on this process's own device, and weights saved elsewhere loaded on it
 folder = tempfile.mkdtemp()
 torch.save(gr.models.rating_classifier().state_dict(), os.path.join(folder, "model.pt"))
-classifier = gr.models.rating_classifier()
+classifier = gr.models.rating_classifier().to(res.driver)
 classifier.load_state_dict(torch.load(os.path.join(folder, "model.pt"), map_location="cpu"))
-_, model = gr.models.load_text_model(res.driver)
 print(json.dumps({"accelerator": res.accelerator, "driver": res.driver, "gpus_per_actor": res.gpus_per_actor,
                   "stage_devices": sorted({r["device"] for r in rows}), "stage_nodes": sorted({r["node"] for r in rows})}))
 gr.shutdown()
@@ -92,7 +91,8 @@ def test_a_driver_on_a_node_without_a_gpu_runs_model_cells_on_its_own_device():
     """A cluster whose head has no GPU and whose worker has one (here a GPU resource the worker
     node advertises, on a machine without one), the notebook on the head: `res` plans GPU stages
     (`accelerator` "cuda", a GPU per actor) while `res.driver`, the notebook's own process, is the
-    CPU; the stage is scheduled by its GPU, and the driver's model cells run on its CPU."""
+    CPU; the stage is scheduled by its GPU, and the driver's model cells run on its CPU
+    (a classifier moved to `res.driver`, its weights loaded with `map_location`)."""
     import json
     import subprocess
     import sys

@@ -94,13 +94,16 @@ def test_a_stream_handed_out_after_it_was_computed_earns_nothing(reviews):
 
 # ------------------------------------------------------------------ the grader's fresh inputs
 @pytest.fixture
-def fresh(monkeypatch):
-    """The grader's copy of the reviews and images (graders/trusted/inputs.py), as a graded run sees it."""
+def fresh(monkeypatch, tmp_path):
+    """The grader's copy of the reviews and images (graders/trusted/inputs.py), as a graded run
+    sees it, and the grader's note that it renewed them (measured.json, read in its kernel)."""
     from graders.trusted.inputs import FreshInputs
 
     data.prepare()
     inputs = FreshInputs(("reviews", "images"), seed=7)
     monkeypatch.setenv("COURSE_INPUTS", str(inputs.shown))
+    (tmp_path / "measured.json").write_text('{"inputs": "renewed"}')
+    monkeypatch.setenv("COURSE_MEASURED", str(tmp_path / "measured.json"))
     yield inputs
     inputs.close()
     assert not inputs.shown.exists() and not inputs.staged.exists()
