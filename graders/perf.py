@@ -210,7 +210,7 @@ class Comparison:
 
         slowest = self.late["rate"] if self.late else self.rate
         if yardstick.settled:
-            low, high = slowest / yardstick.mid, value
+            low, high = (slowest / yardstick.mid if yardstick.mid else 0.0), value
         else:
             low, high = slowest / yardstick.high, self.rate / yardstick.low
         if low >= target:
@@ -264,9 +264,9 @@ def compare(run, naive_run, ceiling: Ceiling, res) -> Comparison:
     """
     run.table()  # a failed run: CheckFailed saying why
     scale = max(1, res.gpus) if res.gpus else max(1.0, res.cpus / (os.cpu_count() or 1))
-    late = None
+    ready = None  # the grader's own start-up time, when graded
     if os.environ.get("COURSE_MEASURED"):  # the grader's kernel
-        naive, top = _grader_yardsticks(run)
+        naive, top, ready = _grader_yardsticks(run)
     else:
         naive_run.table()
         top = Bracket(ceiling.rate, ceiling.rate)
@@ -274,18 +274,14 @@ def compare(run, naive_run, ceiling: Ceiling, res) -> Comparison:
         naive = Bracket(naive_rate, naive_rate)
     top = top.scaled(scale)
     rate, how = steady_rate(run.arrivals, run.seconds, max_rate=1.25 * top.high)
-    if os.environ.get("COURSE_MEASURED") and how.startswith("steady"):
-        late = _late_start(run.arrivals)
+    late = _late_start(run.arrivals, ready) if how.startswith("steady") else None
     return Comparison(rate, how, naive, top, run.actor_stage, len(run.arrivals), late)
 
 
-def _late_start(arrivals) -> dict | None:
+def _late_start(arrivals, ready: float | None) -> dict | None:
     """When the first block came after the start-up the grader allows (`STARTUP_FACTOR` times its
-    own model process's start-up, measured just before the run, plus `STARTUP_SLACK_S`): the
-    rate counted from that allowed start-up instead of from the first block."""
-    from graders.handover import grader_measured
-
-    ready = (grader_measured("yardsticks") or {}).get("ready_s")
+    own model process's start-up `ready`, measured just before the run, plus `STARTUP_SLACK_S`):
+    the rate counted from that allowed start-up instead of from the first block."""
     if not ready:
         return None
     allowed = STARTUP_FACTOR * float(ready) + STARTUP_SLACK_S
@@ -295,9 +291,10 @@ def _late_start(arrivals) -> dict | None:
     return {"rate": sum(n for _, n in arrivals) / (last - allowed), "first": first, "allowed": allowed, "ready": float(ready)}
 
 
-def _grader_yardsticks(run) -> tuple[Bracket, Bracket]:
-    """(naive, ceiling) as the grader measured them around the run; the run's own times checked
-    against the grader's clock (a run cannot take longer than the cell that ran it)."""
+def _grader_yardsticks(run) -> tuple[Bracket, Bracket, float | None]:
+    """(naive, ceiling, the yardstick process's start-up s) as the grader measured them around the
+    run; the run's own times checked against the grader's clock (a run cannot take longer than the
+    cell that ran it)."""
     from graders.checks import CheckFailed, Inconclusive
     from graders.handover import grader_measured
 
@@ -317,7 +314,8 @@ def _grader_yardsticks(run) -> tuple[Bracket, Bracket]:
               + (f", {measured['tries']} times after it" if measured["tries"] > 1 else "")
               + (f"; its model process started in {measured['ready_s']:.1f} s" if measured.get("ready_s") else ""))
     settled, band = measured["settled"], float(measured["band"])
-    return tuple(Bracket(*measured[k], source, bool(settled[k]), band) for k in ("naive", "ceiling"))
+    naive, ceiling = (Bracket(*measured[k], source, bool(settled[k]), band) for k in ("naive", "ceiling"))
+    return naive, ceiling, measured.get("ready_s")
 
 
 def peak_memory_mb(fn, device: str = "cpu", interval: float = 0.002) -> float:

@@ -77,9 +77,6 @@ class FreshInputs:
             shutil.rmtree(old, ignore_errors=True)
         _readable(self.shown)
 
-    def staged_path(self, name: str) -> str:
-        return str(self.staged / name)
-
     def close(self) -> None:
         for folder in (self.shown, self.staged):
             shutil.rmtree(folder, ignore_errors=True)

@@ -168,7 +168,7 @@ class MeasuredExecute(OutputLimits, Execute):
             expected, measured = _published(nb.cells, self.measured_cells)
             env = {"COURSE_GRADER": "1", "COURSE_QUESTIONS": str(own / "questions"), "COURSE_ANSWERS": str(own / "answers"),
                    "COURSE_MEASURED": str(own / "measured.json"),
-                   **({"COURSE_INPUTS": str(self._inputs.shown)} if getattr(self, "_inputs", None) else {})}
+                   **({"COURSE_INPUTS": str(self._inputs.shown)} if self._inputs else {})}
             preamble = NotebookNode(cell_type="code", metadata={}, outputs=[], execution_count=None, source="\n".join([
                 "import os", f"os.environ.update({env!r})", *setup,
                 "from graders.handover import load_results as _load_results",
@@ -314,7 +314,7 @@ class MeasuredExecute(OutputLimits, Execute):
         if gid not in self.measured_cells:
             return super().preprocess_cell(cell, resources, index)
         renewed = self._stage_inputs()
-        yardsticks = self._start_yardsticks() if self._yardsticks else None
+        yardsticks = self._start_yardsticks(renewed) if self._yardsticks else None
         if renewed:  # the salted copy, shown to the run only now (its yardsticks measured on it already)
             self._inputs.reveal()
             self._measured["inputs"] = "renewed"
@@ -341,14 +341,13 @@ class MeasuredExecute(OutputLimits, Execute):
             self.log.warning("Fresh inputs: not written: %s", exc)
             return False
 
-    def _start_yardsticks(self):
-        """The grader's yardstick process and its measurement before the run (yardsticks.py)."""
+    def _start_yardsticks(self, renewed: bool):
+        """The grader's yardstick process and its measurement before the run (yardsticks.py), on
+        the salted reviews the run is about to read when the inputs were `renewed`."""
         from graders import data
         from graders.trusted import sandbox, yardsticks
 
-        reviews = data.paths().reviews
-        if self._inputs is not None and (self._inputs.staged / "reviews").is_dir():
-            reviews = self._inputs.staged_path("reviews")  # the salted reviews the run is about to read
+        reviews = str(self._inputs.staged / "reviews") if renewed else data.paths().reviews
         try:
             proc = yardsticks.YardstickProcess(reviews, sandbox.PRIORITY if os.geteuid() == 0 else 0)
         except Exception as exc:  # the tests then say "inconclusive", with this reason
