@@ -83,14 +83,43 @@ def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> Pip
         run.actor_stage = _has_actor_stage(ds)
         _check_gpus(ds)
         tables = []
+        hand = _hand_to_grader(name) if monitor else None
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
             if block.num_rows:  # each output block as it arrives: the timing shows the stream
                 run.arrivals.append((time.perf_counter() - start, block.num_rows))
                 tables.append(block)
+                if hand:
+                    hand(block)
         run.rows = pa.concat_tables(tables) if tables else pa.table({})
         run.nodes = _nodes_used(ds)
 
     return _measured(run, execute, monitor)
+
+
+def safe_name(name) -> str:
+    """A run's name as a file name."""
+    return re.sub(r"[^\w-]", "_", str(name))[:80]
+
+
+def _hand_to_grader(name: str):
+    """When graded (`COURSE_STREAM`, set by the grader), a function that writes each output block
+    there as it arrives: the grader times and keeps them itself (graders/trusted/custody.py)."""
+    import os
+
+    drop = os.environ.get("COURSE_STREAM")
+    if not drop:
+        return None
+    folder = os.path.join(drop, safe_name(name))
+    os.makedirs(folder, exist_ok=True)
+    count = iter(range(10**9))
+
+    def hand(block: pa.Table) -> None:
+        path = os.path.join(folder, f"{next(count):06d}.arrow")
+        with pa.OSFile(path + ".part", "wb") as sink, pa.ipc.new_file(sink, block.schema) as writer:
+            writer.write_table(block)
+        os.rename(path + ".part", path)  # whole once its name appears
+
+    return hand
 
 
 def _nodes_used(ds) -> int:

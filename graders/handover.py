@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from graders.checks import CheckFailed
-from graders.grading import PipelineRun, StepRun, _learner_error, run_pipeline
+from graders.grading import PipelineRun, StepRun, _learner_error, run_pipeline, safe_name
 
 RESULTS = "results"  # beside the notebook; COURSE_RESULTS moves it
 QUESTIONS, ANSWERS = "questions", "answers"  # beside the notebook, in the learner's kernel
@@ -78,8 +77,7 @@ def publish(**runs) -> None:
         json.dump({**old, **manifest}, f, default=repr)
 
 
-def _safe(name) -> str:
-    return re.sub(r"[^\w-]", "_", str(name))[:80]
+_safe = safe_name
 
 
 def _entry(key: str, run, folder: str) -> dict:
@@ -214,12 +212,13 @@ class TrainingResult:
 
 
 def load_results(folder: str, expected: list[str], outside_report: str | None = None,
-                 measured: tuple[str, ...] = (), stopped: tuple[str, ...] = ()) -> dict:
+                 measured: tuple[str, ...] = (), stopped: tuple[str, ...] = (), kept: str | None = None) -> dict:
     """The grader's side of `publish`: the results the notebook handed over, by name. Each name in
     `expected` the notebook did not hand over becomes a `MissingRun` saying so. The runs named in
     `measured` get the grader's own utilization report (`outside_report`, a JSON file), never the
-    notebook's (in a list, the last run: the measured cell's). `stopped`: cells stopped at their
-    time limit (a missing result says so)."""
+    notebook's (in a list, the last run: the measured cell's), and, when the grader kept their
+    output blocks (`kept`, graders/trusted/custody.py), the rows and arrival times it took itself.
+    `stopped`: cells stopped at their time limit (a missing result says so)."""
     from graders.telemetry import UtilizationReport
 
     _tensor_types_without_pickle()
@@ -243,7 +242,7 @@ def load_results(folder: str, expected: list[str], outside_report: str | None = 
             loaded[key] = MissingRun(key, f"did not run: {why}")
             continue
         try:
-            loaded[key] = _rebuild(_safe(key), entry, folder, report if key in measured else None)
+            loaded[key] = _rebuild(_safe(key), entry, folder, *((report, kept) if key in measured else (None, None)))
         except Exception as exc:  # files the notebook wrote: anything may be wrong with them
             loaded[key] = MissingRun(key, f"did not run: its results could not be read ({type(exc).__name__}: {exc})"[:300])
     return loaded
@@ -262,7 +261,7 @@ def _tensor_types_without_pickle() -> None:
         pass
 
 
-def _rebuild(key, entry, folder, report):
+def _rebuild(key, entry, folder, report, kept=None):
     import pyarrow.parquet as pq
 
     from graders.perf import Ceiling
@@ -271,9 +270,9 @@ def _rebuild(key, entry, folder, report):
     if kind == "list":
         items = list(entry.get("items") or [])
         last = max((i for i, e in enumerate(items) if isinstance(e, dict) and e.get("monitored")), default=None)
-        return [_rebuild(f"{key}.{i}", e, folder, report if i == last else None) for i, e in enumerate(items)]
+        return [_rebuild(f"{key}.{i}", e, folder, *((report, kept) if i == last else (None, None))) for i, e in enumerate(items)]
     if kind == "dict":
-        return {str(k): _rebuild(f"{key}.{_safe(k)}", e, folder, report) for k, e in dict(entry.get("items") or {}).items()}
+        return {str(k): _rebuild(f"{key}.{_safe(k)}", e, folder, report, kept) for k, e in dict(entry.get("items") or {}).items()}
     if kind == "Folder":
         return os.path.join(folder, key)
     if kind == "value":
@@ -287,6 +286,8 @@ def _rebuild(key, entry, folder, report):
     if kind == "PipelineRun":
         rows = pq.read_table(os.path.join(folder, f"{key}.parquet")) if error is None else None
         arrivals = [(float(t), int(n)) for t, n in entry.get("arrivals") or []]
+        if kept is not None and error is None and entry.get("monitored"):
+            rows, arrivals, seconds, error = _witnessed(kept, name, rows, seconds)
         actor = entry.get("actor_stage")
         return PipelineRun(name, rows=rows, report=report, seconds=seconds, error=error, nodes=int(entry.get("nodes") or 0),
                            arrivals=arrivals, actor_stage=None if actor is None else bool(actor))
@@ -305,6 +306,33 @@ def _rebuild(key, entry, folder, report):
         return Ceiling(rows=int(entry["rows_count"]), seconds=seconds, batch_size=int(entry.get("batch_size") or 0),
                        device=str(entry.get("device", "")), report=report)
     raise ValueError(f"unknown kind of result {kind!r}")
+
+
+def _witnessed(kept: str, name: str, published: pa.Table, seconds: float):
+    """(rows, arrivals, seconds, error) of a measured run as the grader kept its output blocks
+    (graders/trusted/custody.py): the rows the grader took, each block's arrival on the grader's
+    clock; the run's time at least its last block's and at most its cell's."""
+    from graders.trusted.custody import INDEX
+
+    try:
+        index = json.loads((Path(kept) / INDEX).read_text())
+        blocks = index["arrivals"].get(_safe(name), [])
+        tables = [pa.ipc.open_file(str(Path(kept) / _safe(name) / file)).read_all() for _, file in blocks]
+        rows = pa.concat_tables(tables) if tables else None
+    except Exception as exc:  # blocks the notebook wrote: anything may be wrong with them
+        return None, [], seconds, f"the grader could not read the output blocks it kept ({type(exc).__name__}: {exc})"[:300]
+    if index.get("problem"):
+        return None, [], seconds, f"the grader kept only part of its output: {index['problem']}"
+    if rows is None:
+        if published.num_rows == 0:
+            return published, [], seconds, None
+        return None, [], seconds, ("the grader saw none of its output blocks arrive while the run cell ran (a graded run "
+                                   "hands each block to the grader as it arrives). Try: run the validation's cells as "
+                                   "released, with run_pipeline from graders.grading.")
+    arrivals = [(float(t), table.num_rows) for (t, _), table in zip(blocks, tables)]
+    seconds = max(seconds, arrivals[-1][0])
+    cell = grader_measured("run_cell_seconds")
+    return rows, arrivals, (min(seconds, float(cell)) if cell else seconds), None
 
 
 # ------------------------------------------------------------------ questions for the learner's functions

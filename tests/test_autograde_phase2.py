@@ -6,15 +6,17 @@
 - naive: a correct pipeline in the slow pattern (the model loaded in a per-batch function, small
   batches) -> its counts and schema pass; efficiency and speedup fail, and the feedback names the
   knob to turn (load the model once per actor). It also replaces the notebook's yardsticks with
-  slower ones and hands a slow ceiling to the grader: nothing changes, as the grader measures its
-  own. This student is graded on a real two-node Ray cluster (RAY_ADDRESS): the pipeline must
-  have run on both nodes and left no actor alive.
+  slower ones and hands a slow ceiling to the grader, and rewrites its run's arrival times (every
+  block at the start): nothing changes, as the grader measures its own yardsticks and times the
+  blocks itself (graders/trusted/custody.py). This student is graded on a real two-node Ray
+  cluster (RAY_ADDRESS): the pipeline must have run on both nodes and left no actor alive.
 
 Only the validation runs here: the Phase 2 lessons run under nbval (`make test`).
 """
 
 from __future__ import annotations
 
+import re
 from html import unescape
 
 import pytest
@@ -45,6 +47,15 @@ def build_embedding_pipeline(reviews_path, res):
 _slow = gr.perf.Ceiling(rows=100, seconds=100.0, batch_size=64, device="cpu")
 gr.perf.model_ceiling = lambda *args, **kwargs: _slow
 gr.grading.publish(ceiling=_slow)
+
+# An attack on the stream's times: the notebook says every block came at once, at the start.
+_run_pipeline = run_pipeline
+
+
+def run_pipeline(*args, **kwargs):
+    run = _run_pipeline(*args, **kwargs)
+    run.arrivals = [(0.001 * i, n) for i, (_, n) in enumerate(run.arrivals)]
+    return run
 '''
 
 
@@ -79,6 +90,9 @@ def test_naive_pipeline_is_correct_but_not_optimized(course):
         assert cells[name][0] == cells[name][1], (name, cells)
     for name in ("efficiency", "speedup"):
         assert cells[name][0] == 0, (name, cells)
+    said = printed(autograded(course.root, PHASE, VALIDATION, "naive"), "efficiency")
+    stream = re.search(r"steady, (\d+) output blocks from ([\d.]+) s to ([\d.]+) s", said)
+    assert stream and 1.0 < float(stream[2]) < float(stream[3]), f"not the stream the grader saw: {said}"
     html = unescape((course.root / "feedback" / "naive" / PHASE / f"{VALIDATION}.html").read_text())
     assert "load the model once per actor" in html
     assert "BEGIN HIDDEN TESTS" not in html

@@ -129,12 +129,12 @@ def test_graded_the_yardsticks_are_the_graders_and_the_run_fits_its_clock(tmp_pa
         perf.compare(run(stream(every=0.6), 25.0), None, None, RES_CPU)
 
 
-def test_results_held_back_and_handed_out_late_are_never_a_pass(tmp_path, monkeypatch):
+def test_results_held_back_and_handed_out_late_are_counted_from_the_allowed_start_up(tmp_path, monkeypatch):
     """A stream whose first block comes long after the start-up the grader measured on its own
-    (its model process started in 5 s: 2 x 5 + 5 = 15 s allowed) is graded both ways: counted from
-    its first block and from 15 s. Both pass or both fail: that verdict; else inconclusive. Measured
-    on the naive pipeline holding its results back and handing them out over 5 s with the CPU
-    spinning: 10/10 before this rule, efficiency and speedup inconclusive after it."""
+    (its model process started in 5 s: 2 x 5 + 5 = 15 s allowed) is counted from 15 s, not from
+    its first block. Measured on the naive pipeline holding its results back and handing them out
+    beside a busy loop, its arrival times rewritten in the notebook: 10/10 before this rule and the
+    grader's own arrival times (custody.py); efficiency and speedup 0 after."""
     monkeypatch.setattr(perf.os, "cpu_count", lambda: 2, raising=False)
     before = {"ceiling": 60.0, "naive": 20.0, "device": "cpu", "workers": 2, "ready_s": 5.0}
     graded(tmp_path, monkeypatch, {"run_cell_seconds": 71.0, "yardsticks": yardsticks.bracket(before, [before])})
@@ -142,12 +142,10 @@ def test_results_held_back_and_handed_out_late_are_never_a_pass(tmp_path, monkey
     assert on_time.late is None and "started in 5.0 s" in str(on_time)
     on_time.expect_efficiency(0.7)
     held = perf.compare(run(stream(first=30.0, every=0.5), 40.0), None, None, RES_CPU)  # 60 rows/s from its first block
-    assert held.late == {"rate": pytest.approx(600 / (39.5 - 15.0)), "first": 30.0, "allowed": 15.0, "ready": 5.0}
-    with pytest.raises(Inconclusive, match=r"efficiency .*: 0.41 to 1.00 against the target 0.7.*first results arrived "
-                                           r"30.0 s into the run.*allowed 15.0 s.*held its results back"):
+    assert held.late == {"rate": pytest.approx(60.0), "first": 30.0, "allowed": 15.0, "ready": 5.0}
+    assert held.rate == pytest.approx(600 / (39.5 - 15.0))
+    assert "counted from 15.0 s, the start-up the grader allows" in str(held) and "first block came at 30.0 s" in str(held)
+    with pytest.raises(CheckFailed, match=r"found 0.41") as failed:
         held.expect_efficiency(0.7)
-    held.expect_efficiency(0.4)  # a pass counted either way
-    slow = perf.compare(run(stream(first=30.0, every=2.0), 70.0), None, None, RES_CPU)
-    with pytest.raises(CheckFailed, match="found 0.25") as failed:  # 15 rows/s: a fail counted either way
-        slow.expect_efficiency(0.7)
-    assert not isinstance(failed.value, Inconclusive)
+    assert not isinstance(failed.value, Inconclusive) and "nothing after the model stage that waits" in str(failed.value)
+    held.expect_efficiency(0.4)  # what it did earn, counted from the allowed start-up

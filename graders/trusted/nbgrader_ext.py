@@ -40,6 +40,10 @@ duration by the grader's clock and the Serve processes it counted).
 The measured run's inputs are the grader's (`graders.trusted.inputs`, Phases 1 and 2): a plain
 copy until just before the measured cell, then a salted one written by the grader, which the
 yardsticks and the tests read too. Outputs computed before the run do not match it.
+
+The measured run's output blocks are the grader's too (`graders.trusted.custody`): while the
+measured cell runs, the grader takes each block as the run writes it (`COURSE_STREAM`), on its own
+clock; the tests read the run's rows and arrival times from those, not from the kernel's report.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode
@@ -58,6 +63,7 @@ from traitlets import Float, Integer, List, Unicode
 
 from graders.checks import REPORT_MIME, UTILIZATION_TARGETS
 from graders.telemetry import UtilizationMonitor
+from graders.trusted import custody
 from graders.trusted.feedback import OutputLimits
 
 NOTES = "course_notes"  # cell metadata: notes from CheckSubmission, printed when the cell runs
@@ -106,11 +112,17 @@ class MeasuredExecute(OutputLimits, Execute):
         self.start_notebook()
         self.timeout_func = lambda cell: self._limit
         self._inputs = self._fresh_inputs(phase)
+        self._custody = None  # the measured run's output blocks, as the grader took them (custody.py)
+        if self._trusted:
+            os.environ[custody.ENV] = str(_run_folder(resources) / "stream")
         try:
             nb, resources = super().preprocess(nb, resources, km=km)  # the learner's kernel is shut down here
             if self._deferred and not self._graded:  # the learner's kernel stopped early: its questions go unanswered
                 self.grade_in_own_kernel(nb, resources)
         finally:
+            os.environ.pop(custody.ENV, None)
+            if self._custody is not None:
+                self._custody.close()
             if self._inputs is not None:
                 self._inputs.close()
                 os.environ.pop("COURSE_INPUTS", None)
@@ -147,12 +159,11 @@ class MeasuredExecute(OutputLimits, Execute):
         it still runs (`_answer_questions`)."""
         import shutil
         import tempfile
-        from pathlib import Path
 
         from graders.handover import _copy_files
 
         self._graded = True
-        run = Path((resources or {}).get("metadata", {}).get("path") or ".")
+        run = _run_folder(resources)
         own = Path(tempfile.mkdtemp(prefix="course-grader-"))
         try:
             if (run / "results").is_dir():
@@ -166,14 +177,17 @@ class MeasuredExecute(OutputLimits, Execute):
             (own / "measured.json").write_text(json.dumps(self._measured))
             setup = [c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") in self.setup_cells]
             expected, measured = _published(nb.cells, self.measured_cells)
+            kept = None
+            if self._custody is not None:  # into the folder the grader's kernel sees
+                kept = str(shutil.move(str(self._custody.kept), str(own / "kept")))
             env = {"COURSE_GRADER": "1", "COURSE_QUESTIONS": str(own / "questions"), "COURSE_ANSWERS": str(own / "answers"),
-                   "COURSE_MEASURED": str(own / "measured.json"),
+                   "COURSE_MEASURED": str(own / "measured.json"), custody.ENV: "",
                    **({"COURSE_INPUTS": str(self._inputs.shown)} if self._inputs else {})}
             preamble = NotebookNode(cell_type="code", metadata={}, outputs=[], execution_count=None, source="\n".join([
                 "import os", f"os.environ.update({env!r})", *setup,
                 "from graders.handover import load_results as _load_results",
                 f"globals().update(_load_results({str(own / 'results')!r}, {expected!r}, {report!r}, {measured!r}, "
-                f"{self._unfinished!r}))"]))
+                f"{self._unfinished!r}, {kept!r}))"]))
             cells = [preamble, *self._deferred]
             grader = GraderExecute(config=self.config, parent=self.parent, kernel_name=self.kernel_name)
             grader.ask_learner = lambda: self._answer_questions(run, own)
@@ -248,8 +262,6 @@ class MeasuredExecute(OutputLimits, Execute):
         """The learner's pass is over and its kernel still runs: publish what the run cells should
         have published and did not (a run cell stopped at its time limit never reached its own
         `publish`, but the runs before the stop are there). Nothing to do after a normal run."""
-        from pathlib import Path
-
         manifest = Path((resources or {}).get("metadata", {}).get("path") or ".") / "results" / "manifest.json"
         try:
             handed = set(json.loads(manifest.read_text()))
@@ -319,12 +331,17 @@ class MeasuredExecute(OutputLimits, Execute):
             self._inputs.reveal()
             self._measured["inputs"] = "renewed"
         monitor = UtilizationMonitor(scope=self._run_scope())
+        if self._trusted and self._custody is None:
+            self._custody = custody.Custody(Path(os.environ[custody.ENV]))
+            self._custody.start()
         start = time.monotonic()
         try:
             with monitor:
                 return super().preprocess_cell(cell, resources, index)
         finally:  # its report exists once the monitor has stopped, also when the kernel died
             self._measured["run_cell_seconds"] = round(time.monotonic() - start, 3)
+            if self._custody is not None:
+                self._custody.stop()
             self._outside = monitor.report
             if yardsticks:
                 self._measured["yardsticks"] = self._finish_yardsticks(*yardsticks)
@@ -496,7 +513,7 @@ class GraderExecute(MeasuredExecute):
 
     def preprocess(self, nb, resources=None, km=None):
         self._trusted, self._yardsticks, self._deferred, self._outside, self._measured = False, False, [], None, {}
-        self._inputs = None
+        self._inputs = self._custody = None
         self._stopped, self._unfinished, self._limit = None, [], None
         self._deadline = self.deadline
         self.start_notebook()
@@ -513,6 +530,11 @@ class GraderExecute(MeasuredExecute):
             if errors:
                 self._stopped = f"the grader could not read this notebook's results: {errors[0].ename}: {errors[0].evalue}"
         return cell, resources
+
+
+def _run_folder(resources) -> Path:
+    """The folder the notebook runs in (nbgrader's resources)."""
+    return Path((resources or {}).get("metadata", {}).get("path") or ".").resolve()
 
 
 def _is_test(cell) -> bool:

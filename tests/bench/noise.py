@@ -18,7 +18,11 @@ per condition, and the cells a submission must never earn:
   run's CPU time looks like the model's (the grader's fresh inputs catch it): never those cells;
 - held back (Phase 2): the reference, but every embedding computed first (in the run) and then
   handed out slowly, block by block, so the "steady" rate would read several times the real one:
-  never efficiency or speedup.
+  never efficiency or speedup;
+- forged stream (Phase 2): the naive pipeline, its rows held back and then handed out quickly
+  beside a busy loop, with the arrival times rewritten in the notebook so the stream seems to
+  start early (the grader times the blocks itself, graders/trusted/custody.py): never efficiency
+  or speedup.
 
     make bench-noise                     # or: PYTHONPATH=tests .venv/bin/python tests/bench/noise.py
     BENCH_K=1 BENCH_PHASES=01_foundation make bench-noise   # a quicker look
@@ -128,6 +132,31 @@ def _held_back(nb):
     return nb
 
 
+# The naive pipeline, its rows held back and handed out quickly beside a busy loop (so the CPU
+# looks busy while they come), and the run's arrival times rewritten in the notebook so the first
+# block seems to come 8 s in: what the kernel says of its stream is not what the grader saw.
+FORGED_STREAM = NAIVE.split("\n\n# An attack")[0].replace("    return reviews.map_batches(embed, batch_size=8)", """
+    def drip(block):
+        end = __import__("time").monotonic() + 0.7
+        while __import__("time").monotonic() < end:
+            pass
+        return block
+
+    return reviews.map_batches(embed, batch_size=8).materialize().repartition(16).map_batches(drip, batch_size=None)
+
+
+_run_pipeline = run_pipeline
+
+
+def run_pipeline(*args, **kwargs):
+    run = _run_pipeline(*args, **kwargs)
+    if run.arrivals:
+        shift = run.arrivals[0][0] - min(8.0, run.arrivals[0][0])
+        run.arrivals = [(t - shift, n) for t, n in run.arrivals]
+    return run""")
+assert FORGED_STREAM.count("def run_pipeline") == 1
+
+
 def _sleeping(gid: str, anchor: str, sleep: str):
     def mutate(nb, _gid):
         cell = solution_cell(nb, gid)
@@ -158,6 +187,7 @@ SUBMISSIONS = {
         "precomputed": lambda nb: _replace(PRECOMPUTED_TEXTS)(nb, "embedding_pipeline"),
         "precomputed_busy": lambda nb: _replace(PRECOMPUTED_BUSY_TEXTS)(nb, "embedding_pipeline"),
         "held_back": _held_back,
+        "forged_stream": lambda nb: _replace(FORGED_STREAM)(nb, "embedding_pipeline"),
     },
 }
 
@@ -166,7 +196,7 @@ def never(phase: str, name: str) -> set[str]:
     """The cells this submission must never earn."""
     if name == "reference":
         return set()
-    if name in ("naive", "held_back"):
+    if name in ("naive", "held_back", "forged_stream"):
         return set(SPEED[phase])
     if name == "sleeping":
         return set(UTILIZATION[phase])
