@@ -193,6 +193,24 @@ def output_path(name: str, size: str | None = None, root: str | None = None) -> 
     return _join(base or _join(paths(size, root).root, "outputs"), name)
 
 
+def run_outputs(local: str, name: str) -> str:
+    """Where one graded run writes its outputs (the class grader's ``$COURSE_OUTPUTS``): ``local``,
+    a folder of its own; or, when the course data lives in object storage, a prefix of its own
+    beside it, ``<root>/<size>/outputs/graded/<name>``: a cluster's nodes all read the data there,
+    and need not share the grading machine's disk (Ray Train's workers write their checkpoints,
+    and Ray Data's write tasks their files, where the run says, on whichever node they run)."""
+    root = data_root()
+    return _join(paths(root=root).root, f"outputs/graded/{name}") if "://" in root else local
+
+
+def remove_outputs(path: str) -> None:
+    """Delete what a graded run wrote under `path` in object storage (local folders go with the run's own)."""
+    if "://" in path:
+        fs, base = filesystem(path)
+        if fs.get_file_info(base).type == pafs.FileType.Directory:
+            fs.delete_dir(base)
+
+
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow file system, path inside it) for a local path or a URI such as s3://...?endpoint_override=..."""
     return pafs.FileSystem.from_uri(_absolute(path))

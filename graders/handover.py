@@ -286,11 +286,13 @@ def _rebuild(key, entry, folder, report, kept=None):
     if kind == "PipelineRun":
         rows = pq.read_table(os.path.join(folder, f"{key}.parquet")) if error is None else None
         arrivals = [(float(t), int(n)) for t, n in entry.get("arrivals") or []]
+        reported = None
         if kept is not None and error is None and entry.get("monitored"):
+            reported = arrivals
             rows, arrivals, seconds, error = _witnessed(kept, name, rows, seconds)
         actor = entry.get("actor_stage")
         return PipelineRun(name, rows=rows, report=report, seconds=seconds, error=error, nodes=int(entry.get("nodes") or 0),
-                           arrivals=arrivals, actor_stage=None if actor is None else bool(actor))
+                           arrivals=arrivals, actor_stage=None if actor is None else bool(actor), reported=reported)
     if kind == "StepRun":
         result = entry.get("result")
         if error is None and entry.get("result_kind") == "table":

@@ -61,13 +61,18 @@ class Ceiling:
 
 def model_ceiling(reviews_path: str, device: str = "cpu", threads: int | None = None,
                   batch_size: int | None = None, monitor: bool = True) -> Ceiling:
-    """Time the text model alone on every cleaned review, tokenized beforehand (one warm-up batch)."""
+    """Time the text model alone on every cleaned review, tokenized beforehand (one warm-up batch).
+
+    `device` "cuda" where this process has no GPU (a notebook on a cluster's GPU-less head): the
+    same measurement runs as a Ray task on a GPU node of the cluster, on that node's device."""
     import contextlib
 
     import torch
 
     from graders.telemetry import UtilizationMonitor
 
+    if device == "cuda" and not torch.cuda.is_available():
+        return _ceiling_on_a_gpu_node(reviews_path, threads, batch_size, monitor)
     batch_size = batch_size or CEILING_BATCH["cuda" if device == "cuda" else "cpu"]
     tokens = models.tokenize(data.read_reviews(reviews_path, kept=True).column("text").to_pylist())
     before = torch.get_num_threads()
@@ -90,6 +95,25 @@ def model_ceiling(reviews_path: str, device: str = "cpu", threads: int | None = 
             torch.cuda.empty_cache()
     ceiling = Ceiling(len(ids), seconds, batch_size, device, getattr(mon, "report", None))
     print(ceiling)
+    return ceiling
+
+
+def _ceiling_on_a_gpu_node(reviews_path: str, threads, batch_size, monitor: bool) -> Ceiling:
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("expected a GPU in this process, or a Ray cluster with one (run gr.start() first), found "
+                           "neither. Try: model_ceiling(paths.reviews, res.driver)")
+
+    def on_the_node() -> Ceiling:  # the node's own device (a GPU node without CUDA falls back to its CPU)
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # printed here, with where it ran
+            return model_ceiling(reviews_path, models.device_for(), threads, batch_size, monitor)
+
+    ceiling = ray.get(ray.remote(num_gpus=1)(on_the_node).remote())
+    print(f"{ceiling} (a Ray task on a GPU node: this process has no GPU)")
     return ceiling
 
 

@@ -223,8 +223,36 @@ def neighbour(processes: int = 1, seconds: float = 900.0):
             p.wait()
 
 
+class SharedCluster:
+    """One two-node cluster (tests/cluster.py) for the class tests of Phases 2-4, started when first
+    needed and stopped by `stop()` or at the end of the session: a start costs about 11 s here."""
+
+    def __init__(self):
+        self._stack, self._cluster = None, None
+
+    def get(self):
+        if self._cluster is None:
+            from cluster import two_node_cluster
+
+            self._stack = contextlib.ExitStack()
+            self._cluster = self._stack.enter_context(two_node_cluster())
+        return self._cluster
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            stack, self._stack, self._cluster = self._stack, None, None
+            stack.close()
+
+
+@pytest.fixture(scope="session")
+def class_cluster():
+    shared = SharedCluster()
+    yield shared
+    shared.stop()
+
+
 def graded_class(root: Path, phase: str, notebook: str, on_cluster: tuple[str, ...] = (), loaded: tuple[str, ...] = (),
-                 **wrong) -> GradedClass:
+                 cluster: SharedCluster | None = None, beside: tuple[str, ...] = (), **wrong) -> GradedClass:
     """`class_submissions`, autograded by nbgrader itself, with feedback.
 
     One notebook at a time on the whole machine: these runs keep both cores busy on their own (two
@@ -232,15 +260,22 @@ def graded_class(root: Path, phase: str, notebook: str, on_cluster: tuple[str, .
     259 s, Phase 3 318 s against 290 s). The students named in `on_cluster` are graded afterwards,
     with RAY_ADDRESS set, on a real two-node Ray cluster started for them (tests/cluster.py) and
     stopped afterwards: so each phase's validation also runs, unchanged and graded, on a cluster,
-    at the cost of no extra notebook run. The cluster starts only after the local runs, whose
-    utilization is measured, have ended. The students named in `loaded` are graded on their own
-    while a `neighbour` keeps one core busy: their grade must not move with other load.
+    at the cost of no extra notebook run. The cluster (`cluster`, shared by the phases; else one of
+    its own) starts only after the local runs, whose utilization is measured, have ended; a shared
+    one stays up, idle, until the last phase has used it. The students named in `beside` are graded
+    locally while the cluster runs, in a copy of the course merged back afterwards: only where the
+    cluster-graded run has no yardsticks to measure (Phase 2's grader brackets its run with them,
+    and a run beside them made them disagree, "inconclusive"). The students named in `loaded` are
+    graded on their own while a `neighbour` keeps one core busy: their grade must not move with
+    other load.
     """
     from graders.cli import nbgrader
 
     class_submissions(root, phase, notebook, **wrong)
     everyone = {"reference", "blank", *wrong}
-    nbgrader(root, "autograde", phase, "--create", f"--CourseDirectory.student_id_exclude={','.join((*on_cluster, *loaded))}")
+    beside = beside if on_cluster else ()
+    nbgrader(root, "autograde", phase, "--create",
+             f"--CourseDirectory.student_id_exclude={','.join((*on_cluster, *loaded, *beside))}")
     if loaded:
         with neighbour(1):
             others = sorted(everyone - set(loaded))
@@ -249,13 +284,44 @@ def graded_class(root: Path, phase: str, notebook: str, on_cluster: tuple[str, .
     if on_cluster:
         from cluster import two_node_cluster
 
-        with two_node_cluster() as cluster, mock.patch.dict(os.environ, RAY_ADDRESS=cluster.address):
-            before = set(cluster.actors())
+        with contextlib.ExitStack() as stack:
+            nodes = cluster.get() if cluster is not None else stack.enter_context(two_node_cluster())
+            side = [_autograde_a_copy(root, phase, student) for student in beside]
+            stack.enter_context(mock.patch.dict(os.environ, RAY_ADDRESS=nodes.address))
+            before = set(nodes.actors())
             others = sorted(everyone - set(on_cluster))
             nbgrader(root, "autograde", phase, "--create", f"--CourseDirectory.student_id_exclude={','.join(others)}")
-            ran = cluster.actors_since(before)
+            ran = nodes.actors_since(before)
+            for student, (proc, copy) in zip(beside, side):
+                _merge_copy(proc, copy, root, phase, student)
     nbgrader(root, "generate_feedback", phase)
     return GradedClass(root, ran)
+
+
+def _autograde_a_copy(root: Path, phase: str, student: str):
+    """Start `nbgrader autograde` of one student, locally, in a copy of the course (its own gradebook):
+    the blank release is mostly start-up and waiting, so it runs beside the cluster-graded student."""
+    import shutil
+
+    copy = root.with_name(f"{root.name}-{student}")
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("autograded", "feedback"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "nbgrader", "autograde", phase, "--create", f"--student={student}",
+           f"--CourseDirectory.root={copy}", "--log-level=WARN"]
+    return subprocess.Popen(cmd, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), copy
+
+
+def _merge_copy(proc, copy: Path, root: Path, phase: str, student: str) -> None:
+    """Its scores into the course's gradebook (`classroom.merge_submission`), its notebook beside the others'."""
+    import shutil
+
+    from graders.trusted.classroom import merge_submission
+
+    out, _ = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, f"nbgrader autograde of {student} failed:\n{out[-3000:]}"
+    merge_submission(copy / "gradebook.db", root / "gradebook.db", phase, student)
+    shutil.copytree(copy / "autograded" / student, root / "autograded" / student)
+    shutil.rmtree(copy, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -65,9 +65,9 @@ def _naive(nb):
 
 
 @pytest.fixture(scope="module")
-def course(tmp_path_factory):
+def course(tmp_path_factory, class_cluster):
     return graded_class(tmp_path_factory.mktemp("class2"), PHASE, VALIDATION, on_cluster=("naive",), loaded=("reference",),
-                        naive=_naive)
+                        naive=_naive, cluster=class_cluster)
 
 
 def scores(course, student):

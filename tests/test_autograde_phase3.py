@@ -34,8 +34,9 @@ def _frozen(nb):
 
 
 @pytest.fixture(scope="module")
-def course(tmp_path_factory):
-    return graded_class(tmp_path_factory.mktemp("class3"), PHASE, VALIDATION, on_cluster=("frozen",), frozen=_frozen)
+def course(tmp_path_factory, class_cluster):
+    return graded_class(tmp_path_factory.mktemp("class3"), PHASE, VALIDATION, on_cluster=("frozen",), frozen=_frozen,
+                        cluster=class_cluster, beside=("blank",))
 
 
 def scores(course, student):

@@ -7,6 +7,10 @@ beyond one machine, where every node reads the same bucket. Its graded cells mus
 pipeline must spread over both nodes, it must leave no actor alive on the cluster, and nothing of
 the cluster may be left running afterwards.
 
+Here too: the worker node has a /tmp of its own (it shares no scratch disk with the driver), and
+a graded run's Ray Train checkpoints go to object storage beside the data (`data.run_outputs`,
+which `course grade` uses for each run's COURSE_OUTPUTS), from workers on both nodes.
+
 Phases 2-4: each phase's class test grades one of its students with the real `nbgrader autograde`
 on such a cluster (`on_cluster` in tests/test_autograde_phase{2,3,4}.py), with the same checks
 (work on both nodes, Ray Train's workers or Serve's actors on the cluster, none left alive).
@@ -34,8 +38,9 @@ def s3():
 @pytest.fixture(scope="module")
 def cluster(s3):
     # Started while the S3 server's credentials are in the environment: every node reads the
-    # bucket (a real cluster's nodes get theirs from their machine's role or environment).
-    with two_node_cluster() as c:
+    # bucket (a real cluster's nodes get theirs from their machine's role or environment). The
+    # worker node has a /tmp of its own (as root): it shares no scratch disk with the driver.
+    with two_node_cluster(own_tmp=os.geteuid() == 0) as c:
         yield c
 
 
@@ -54,6 +59,71 @@ def test_phase1_validation_on_two_nodes_with_its_data_in_s3(cluster, s3, monkeyp
     assert "image pipeline: 96 rows" in run and "text pipeline: 240 rows" in run, run
     assert nodes_used(run, "image pipeline") == 2, run
     print(run, spread(cluster.actors_since(before)), sep="\n")
+
+
+TRAIN_TO_S3 = '''
+import json, os, sys, tempfile
+import ray, ray.train, torch
+from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+import graders as gr
+from graders import data
+
+res = gr.start()
+mark = sys.argv[1]  # a file the driver wrote on its own disk
+
+
+@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
+def sees(path):
+    return ray.get_runtime_context().get_node_id(), os.path.exists(path)
+
+
+seen = dict(ray.get([sees.remote(mark) for _ in range(6)]))
+
+
+def train(config):
+    with tempfile.TemporaryDirectory() as folder:
+        rank = ray.train.get_context().get_world_rank()  # each worker's own file, in the one checkpoint
+        torch.save({"rank": rank}, os.path.join(folder, f"model-{rank}.pt"))
+        ray.train.report({"node": ray.get_runtime_context().get_node_id()}, checkpoint=Checkpoint.from_directory(folder))
+
+
+outputs = data.run_outputs("/nowhere/local", "train-test")  # where a graded run on this cluster writes
+result = TorchTrainer(train, scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+                      run_config=RunConfig(storage_path=outputs, name="run")).fit()
+with result.checkpoint.as_directory() as folder:
+    saved = sorted(torch.load(os.path.join(folder, name))["rank"] for name in os.listdir(folder) if name.endswith(".pt"))
+fs, base = data.filesystem(outputs)
+print(json.dumps({"outputs": outputs, "seen": seen, "checkpoint": result.checkpoint.path, "saved": saved,
+                  "files": len(fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector(base, recursive=True)))}))
+data.remove_outputs(outputs)
+print(json.dumps({"left": fs.get_file_info(base).type.name}))
+gr.shutdown()
+'''
+
+
+def test_a_graded_runs_training_checkpoints_go_to_object_storage_on_nodes_sharing_no_disk(cluster, s3, monkeypatch, tmp_path):
+    """Class grading on a cluster whose data is in S3 gives each run outputs beside the data
+    (`data.run_outputs`): Ray Train's workers, one per node, write their checkpoints there and
+    the driver reads them back, while the worker node cannot see the driver's /tmp."""
+    if os.geteuid() != 0:
+        pytest.skip("the worker node's own /tmp needs root (unshare --mount); as a non-root user the nodes share it")
+    import json
+    import subprocess
+    import sys
+
+    data.prepare(root=s3)
+    mark = tmp_path / "driver-only"
+    mark.write_text("on the driver's disk")
+    env = {**os.environ, "COURSE_DATA": s3, "RAY_ADDRESS": cluster.address, "COURSE_QUIET": "1"}
+    out = subprocess.run([sys.executable, "-c", TRAIN_TO_S3, str(mark)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    said, left = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert said["outputs"].startswith("s3://course-data/data/small/outputs/graded/train-test?"), said
+    assert sorted(said["seen"].values()) == [False, True], f"each node: does it see the driver's file? {said['seen']}"
+    assert said["checkpoint"].startswith("course-data/data/small/outputs/graded/train-test/run/"), said
+    assert said["saved"] == [0, 1] and said["files"] > 0, f"both workers' files, one on each node: {said}"
+    assert left == {"left": "NotFound"}, "the run's outputs were not removed"
 
 
 DRIVER = '''
@@ -76,13 +146,22 @@ class Where:  # a model stage: its device is the worker's
 
 rows = ray.data.range(8).map_batches(Where, compute=ray.data.ActorPoolStrategy(size=1), num_gpus=res.gpus_per_actor,
                                      batch_size=4).take_all()
+# the notebook's ceiling cell asks for the workers' device, which this process lacks: it runs on a GPU node
+reviews = os.path.join(tempfile.mkdtemp(), "reviews")
+os.makedirs(reviews)
+__import__("pyarrow.parquet").parquet.write_table(gr.data.read_reviews(gr.data.prepare().reviews).slice(0, 64),
+                                                  os.path.join(reviews, "part-000.parquet"))
+ceiling = gr.perf.model_ceiling(reviews, res.accelerator, monitor=False)
+
+
 # a driver cell: a model here, on this process's own device, and weights saved elsewhere loaded on it
 folder = tempfile.mkdtemp()
 torch.save(gr.models.rating_classifier().state_dict(), os.path.join(folder, "model.pt"))
 classifier = gr.models.rating_classifier().to(res.driver)
 classifier.load_state_dict(torch.load(os.path.join(folder, "model.pt"), map_location="cpu"))
 print(json.dumps({"accelerator": res.accelerator, "driver": res.driver, "gpus_per_actor": res.gpus_per_actor,
-                  "stage_devices": sorted({r["device"] for r in rows}), "stage_nodes": sorted({r["node"] for r in rows})}))
+                  "stage_devices": sorted({r["device"] for r in rows}), "stage_nodes": sorted({r["node"] for r in rows}),
+                  "ceiling_rows": ceiling.rows, "ceiling_device": ceiling.device}))
 gr.shutdown()
 '''
 
@@ -92,7 +171,8 @@ def test_a_driver_on_a_node_without_a_gpu_runs_model_cells_on_its_own_device():
     node advertises, on a machine without one), the notebook on the head: `res` plans GPU stages
     (`accelerator` "cuda", a GPU per actor) while `res.driver`, the notebook's own process, is the
     CPU; the stage is scheduled by its GPU, and the driver's model cells run on its CPU
-    (a classifier moved to `res.driver`, its weights loaded with `map_location`)."""
+    (a classifier moved to `res.driver`, its weights loaded with `map_location`). Phase 2's
+    ceiling cell, which asks for the workers' device, runs as a Ray task on the GPU node."""
     import json
     import subprocess
     import sys
@@ -107,6 +187,9 @@ def test_a_driver_on_a_node_without_a_gpu_runs_model_cells_on_its_own_device():
     assert said["stage_devices"] == ["cpu"], said  # no CUDA on this machine: the stage falls back in its own process
     assert len(gpu_nodes) == 1 and set(said["stage_nodes"]) == gpu_nodes, (said, gpu_nodes)
     assert "this notebook's own process: cpu" in done.stdout, done.stdout
+    # the ceiling asked for "cuda" ran as a task on the GPU node (its CPU here: no CUDA on this machine)
+    assert (said["ceiling_rows"], said["ceiling_device"]) == (62, "cpu"), said
+    assert "(a Ray task on a GPU node: this process has no GPU)" in done.stdout, done.stdout
 
 
 def test_a_ray_client_address_is_refused_with_what_to_do_instead(monkeypatch):

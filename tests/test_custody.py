@@ -100,8 +100,8 @@ def test_a_measured_run_is_graded_on_the_kept_blocks_not_on_what_the_kernel_repo
     run = got["embedding_run"]
     assert run.table()["x"].to_pylist() == [0, 0, 0, 1, 1, 1]
     assert [n for _, n in run.arrivals] == [3, 3] and run.arrivals[0][0] > 0.25, run.arrivals
-    assert run.seconds >= run.arrivals[-1][0]
-    assert got["other"].arrivals == [(0.1, 1)], "a run the grader did not measure keeps its own record"
+    assert run.seconds >= run.arrivals[-1][0] and run.reported == [(0.1, 5), (0.2, 5)]  # what the kernel said, kept apart
+    assert got["other"].arrivals == [(0.1, 1)] and got["other"].reported is None, "a run the grader did not measure keeps its own record"
 
 
 def test_a_measured_run_whose_blocks_the_grader_never_saw_has_no_rows(keeper, tmp_path, monkeypatch):

@@ -338,3 +338,15 @@ def test_course_outputs_gives_a_graded_run_its_own_output_folder(monkeypatch):
     monkeypatch.setenv("COURSE_OUTPUTS", "/tmp/run-a/outputs")
     assert data.output_path("rating_model") == "/tmp/run-a/outputs/rating_model"
     assert data.output_path("x", "small", "/tmp/d") == "/tmp/d/small/outputs/x"  # an explicit root wins
+
+
+def test_a_graded_runs_outputs_go_beside_the_data_when_it_is_in_object_storage(monkeypatch):
+    """`course grade` gives each run `data.run_outputs(...)` as COURSE_OUTPUTS: its own local
+    folder, or, with the data in object storage (a cluster's nodes share no disk), a prefix of its
+    own there (tests/test_cluster.py writes Ray Train checkpoints to it from two nodes)."""
+    monkeypatch.setenv("COURSE_DATA", "/srv/course/data")
+    assert data.run_outputs("/stage/outputs", "01_foundation/ana-1f2e") == "/stage/outputs"
+    monkeypatch.setenv("COURSE_DATA", "s3://bucket/course?endpoint_override=127.0.0.1:9000&scheme=http")
+    assert data.run_outputs("/stage/outputs", "01_foundation/ana-1f2e") == (
+        "s3://bucket/course/small/outputs/graded/01_foundation/ana-1f2e?endpoint_override=127.0.0.1:9000&scheme=http")
+    data.remove_outputs("/stage/outputs")  # a local folder goes with the stage: nothing to do here

@@ -149,3 +149,15 @@ def test_results_held_back_and_handed_out_late_are_counted_from_the_allowed_star
         held.expect_efficiency(0.7)
     assert not isinstance(failed.value, Inconclusive) and "nothing after the model stage that waits" in str(failed.value)
     held.expect_efficiency(0.4)  # what it did earn, counted from the allowed start-up
+
+
+def test_a_ceiling_for_a_gpu_this_process_lacks_needs_a_cluster_with_one(monkeypatch):
+    """On a cluster's GPU-less head the ceiling runs as a Ray task on a GPU node (tests/test_cluster.py);
+    with neither a GPU nor Ray, it says what to pass instead."""
+    import ray
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(RuntimeError, match=r"found neither. Try: model_ceiling\(paths.reviews, res.driver\)"):
+        perf.model_ceiling("/nowhere", "cuda")

@@ -53,6 +53,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,7 @@ from queue import Queue
 
 import psutil
 
+from graders import data
 from graders.trusted import sandbox
 from graders.trusted.nbgrader_ext import MeasuredExecute
 
@@ -282,6 +284,7 @@ class ClassGrader:
         self.slots = grading_slots(workers)
         self.cell_timeout, self.notebook_timeout = cell_timeout, notebook_timeout
         self.unsandboxed = unsandboxed
+        self._outputs: dict[str, str] = {}  # each run's COURSE_OUTPUTS, by stage (data.run_outputs)
         self.console = console or Console(stderr=False)
         self._lock = threading.Lock()  # the gradebook and the journal have one writer at a time
         self._running: set[str] = set()  # students whose runs are going on now
@@ -327,7 +330,7 @@ class ClassGrader:
         guard = str(Path(__file__).with_name("guard"))  # sitecustomize: no writes in the course outside the stage
         env = {**os.environ, TAG: tag, "COURSE_CELL_TIMEOUT": str(self.cell_timeout),
                "COURSE_NOTEBOOK_TIMEOUT": str(self.notebook_timeout), "PYTHONUNBUFFERED": "1",
-               "COURSE_OUTPUTS": str(stage / "outputs"), "COURSE_GRADING_ROOT": str(self.root),
+               "COURSE_OUTPUTS": self._outputs[stage.name], "COURSE_GRADING_ROOT": str(self.root),
                "COURSE_GRADING_ALLOW": str(stage), "COURSE_SANDBOX_REPORT": str(stage / "sandbox.json"),
                sandbox.SETTING: "off" if self.unsandboxed else "on",
                sandbox.MEMORY: str(sandbox.default_memory() // len(self.slots)),
@@ -355,6 +358,15 @@ class ClassGrader:
             result.reason = problem
             return result
         stage = self._stage(sub)
+        # its outputs: in the stage, or beside the data in object storage (a cluster's nodes write there)
+        name = f"{self.assignment}/{sub.student}-{secrets.token_hex(4)}"
+        self._outputs[stage.name] = data.run_outputs(str(stage / "outputs"), name)
+        try:
+            return self._grade_staged(sub, slot, stage, tag, result, start)
+        finally:
+            data.remove_outputs(self._outputs.pop(stage.name))
+
+    def _grade_staged(self, sub: Submission, slot: dict, stage: Path, tag: str, result: Result, start: float) -> Result:
         limit = self.notebook_timeout + self.cell_timeout + MARGIN_S
         graded = stage / "autograded" / sub.student / self.assignment
         for attempt in range(1 + REMEASURE):

@@ -344,7 +344,8 @@ class MeasuredExecute(OutputLimits, Execute):
                 self._custody.stop()
             self._outside = monitor.report
             if yardsticks:
-                self._measured["yardsticks"] = self._finish_yardsticks(*yardsticks)
+                arrived = self._custody is None or any(self._custody.arrivals.values())
+                self._measured["yardsticks"] = self._finish_yardsticks(*yardsticks, again=arrived)
 
     def _stage_inputs(self) -> bool:
         """Write the salted inputs of the measured run (not shown to it yet); False if there are none."""
@@ -371,14 +372,17 @@ class MeasuredExecute(OutputLimits, Execute):
             return None, {"error": f"the grader's yardstick process did not start ({type(exc).__name__}: {exc})"}
         return proc, proc.measure()
 
-    def _finish_yardsticks(self, proc, before: dict) -> dict:
-        """Measure again after the run while before and after disagree; the bracket the tests read."""
+    def _finish_yardsticks(self, proc, before: dict, again: bool = True) -> dict:
+        """Measure again after the run while before and after disagree; the bracket the tests read.
+        Not `again` (no output block arrived, so there is no rate to compare): stop the process."""
         from graders.trusted import yardsticks
 
         if proc is None:
             return before
         afters = []
         try:
+            if not again:
+                return {"error": "not measured after the run: none of its output blocks arrived"}
             while "error" not in before and len(afters) < yardsticks.TRIES:
                 afters.append(proc.measure())
                 if yardsticks.agree(before, afters[-1]) or "error" in afters[-1]:
