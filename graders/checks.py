@@ -140,7 +140,7 @@ OPTIMIZATION_TARGETS = {
     # rows/s steady (efficiency 1.04); 1 actor per GPU 0.33, 2 actors sharing it 0.85; naive
     # baseline 38-46 rows/s, so the speedup target is far below anything a working pipeline does.
     "gpu": {"efficiency": 0.8, "speedup": 3.0},
-    # CPU (2 cores): set from repeated measurements, see the README's performance section.
+    # CPU (2 cores): set from repeated measurements, see docs/performance.md.
     "cpu": {"efficiency": 0.7, "speedup": 1.5},
 }
 REPORT_MIME = "application/vnd.course.utilization+json"

@@ -71,8 +71,11 @@ class PipelineRun:
         if self.error:
             return f"{self.name}: FAILED - {self.error}"
         util = _utilization_text(self.report)
+        blocks = (f"; {len(self.arrivals)} output block{'s' if len(self.arrivals) > 1 else ''}, the first at "
+                  f"{self.arrivals[0][0]:.1f} s" if self.arrivals else "")  # a stream: many blocks, the first early
         nodes = f"; on {self.nodes} node{'s' if self.nodes > 1 else ''}" if self.nodes else ""
-        return f"{self.name}: {self.rows.num_rows:,} rows in {self.seconds:.1f} s ({self.throughput:.1f} rows/s{util}{nodes})"
+        return (f"{self.name}: {self.rows.num_rows:,} rows in {self.seconds:.1f} s "
+                f"({self.throughput:.1f} rows/s{util}{blocks}{nodes})")
 
 
 def _utilization_text(report) -> str:

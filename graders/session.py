@@ -57,7 +57,7 @@ class Resources:
         return asdict(self)
 
     def __str__(self) -> str:
-        dev = f"{self.gpus} GPU" if self.gpus else "no GPU"
+        dev = f"{self.gpus} GPU{'s' if self.gpus > 1 else ''}" if self.gpus else "no GPU"
         return (
             f"{self.cpus} CPUs, {dev} -> model stage: {self.model_actors} actor(s) x "
             f"({self.cpus_per_actor:g} CPU, {self.gpus_per_actor:g} GPU), "
@@ -233,10 +233,12 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
             else:
                 ray.init(num_cpus=_local_cpus(), num_gpus=_local_gpu_count(), include_dashboard=False, **options)
     res = resources()
-    _configure_output(quiet, progress, res.cpus)
+    note = _configure_output(quiet, progress, res.cpus)
     if not quiet:
         where = f"cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "local"
         print(f"Ray {ray.__version__} ({where}): {res}")
+        if note:
+            print(note)
         now = int(ray.cluster_resources().get("GPU", 0))
         if res.gpus > now:
             print(f"GPUs: {now} now, up to {res.gpus} as the autoscaler adds them ({AUTOSCALE_GPUS}); a GPU stage "
@@ -331,7 +333,12 @@ def _native_stderr_captured():
             os.close(saved)
 
 
-def _configure_output(quiet: bool, progress: bool, cpus: int) -> None:
+SMALL_MACHINE_CPUS = 8  # below this, start() switches Ray Data to the sort shuffle and the classic Parquet reader
+
+
+def _configure_output(quiet: bool, progress: bool, cpus: int) -> str | None:
+    """Ray's loggers, progress display and, below SMALL_MACHINE_CPUS, two settings that start
+    faster; returns the one line that says so (None when nothing was switched)."""
     from ray.data import DataContext
     from ray.data.context import ShuffleStrategy
 
@@ -340,7 +347,8 @@ def _configure_output(quiet: bool, progress: bool, cpus: int) -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = not quiet
-    if cpus < 8:
+    note = None
+    if cpus < SMALL_MACHINE_CPUS:
         # Ray 2.60's new Parquet reader (DataSourceV2) starts footer-reading actors for every
         # read_parquet: about 10 s per read on a 2-CPU machine instead of 1.5 s. The classic
         # reader reads the same files; bigger clusters keep the new one.
@@ -348,10 +356,13 @@ def _configure_output(quiet: bool, progress: bool, cpus: int) -> None:
         # A groupby shuffles rows by key. Ray 2.60's default shuffle starts aggregator actors for
         # every groupby: 4-10 s each on 2 CPUs, against 0.2 s for the sort-based shuffle's tasks.
         ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        note = (f"Small machine ({cpus} CPUs, under {SMALL_MACHINE_CPUS}): groupby and sort use the sort-based shuffle "
+                "(num_partitions is not used) and read_parquet the classic reader, which start faster here.")
     if progress and _in_jupyter():
         from graders.progress import use_notebook_progress
 
         use_notebook_progress()
+    return note
 
 
 def _in_jupyter() -> bool:

@@ -132,13 +132,13 @@ def _name(proc: psutil.Process) -> str:
 
 
 @contextlib.contextmanager
-def two_node_cluster(cpus: dict[str, int] = NODE_CPUS, gpus: dict[str, int] | None = None, own_tmp: bool = False):
+def two_node_cluster(cpus: dict[str, int] = NODE_CPUS, gpus: dict[str, int] | None = None, hide: tuple[str, ...] = ()):
     """A head node and a worker node (`cpus`, by node; a "head" alone gives one node), started here
     with this process's environment and stopped afterwards; nothing of it may be left running.
     `gpus`: GPUs a node advertises (on a machine without one, a resource Ray schedules by, not a
-    device). Its Ray Client address is `client_address`. `own_tmp` (root only): the worker node
-    runs in a mount namespace of its own with an empty /tmp, so it does not see the files the
-    driver and the grader write there, as nodes of a real cluster share no disk."""
+    device). Its Ray Client address is `client_address`. `hide` (root only): folders the worker
+    node does not see (it runs in a mount namespace of its own with an empty folder over each), so
+    the files the driver and the grader write there stay theirs, as on nodes that share no disk."""
     gpus = gpus or {}
     # A short folder of its own (Ray's socket paths must stay under 108 characters) and ports of its
     # own: Ray's fixed defaults (10001 for Ray Client, 52365 for each node's agent) may be taken by
@@ -156,9 +156,9 @@ def two_node_cluster(cpus: dict[str, int] = NODE_CPUS, gpus: dict[str, int] | No
             "--include-dashboard=false", f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={free_port()}", *common]
     worker = [RAY, "start", f"--address={c.address}", f"--num-cpus={cpus.get('worker', 0)}", f"--num-gpus={gpus.get('worker', 0)}",
               f"--dashboard-agent-listen-port={free_port()}", *common]
-    if own_tmp:  # its processes keep the namespace after `ray start` returns
-        worker = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                  'mount -t tmpfs -o size=2g tmpfs /tmp && exec "$@"', "sh", *worker]
+    if hide:  # its processes keep the namespace after `ray start` returns
+        mounts = " && ".join(f"mount -t tmpfs -o size=64m tmpfs '{folder}'" for folder in hide)
+        worker = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", f'{mounts} && exec "$@"', "sh", *worker]
     started = time.perf_counter()
     try:
         # The worker node starts as soon as the head's GCS listens (it waits for the head's

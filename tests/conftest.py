@@ -115,7 +115,7 @@ def execute_notebook(path: Path, estimates: tuple[str, ...] = ()) -> dict[str, s
 
     `estimates`: grade ids of measured-performance cells that may fail with CheckFailed (their
     message is then in the returned text), e.g. Phase 2's efficiency on a cluster, which the
-    README documents as an estimate there."""
+    docs/machines.md documents as an estimate there."""
     import nbformat
     from nbclient import NotebookClient
 

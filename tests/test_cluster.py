@@ -7,7 +7,8 @@ beyond one machine, where every node reads the same bucket. Its graded cells mus
 pipeline must spread over both nodes, it must leave no actor alive on the cluster, and nothing of
 the cluster may be left running afterwards.
 
-Here too: the worker node has a /tmp of its own (it shares no scratch disk with the driver), and
+Here too: Phase 2's yardsticks (the notebook's and the grader's own) read the reviews from S3;
+the worker node does not see the driver's temporary folders (no shared scratch disk), and
 a graded run's Ray Train checkpoints go to object storage beside the data (`data.run_outputs`,
 which `course grade` uses for each run's COURSE_OUTPUTS), from workers on both nodes.
 
@@ -36,11 +37,13 @@ def s3():
 
 
 @pytest.fixture(scope="module")
-def cluster(s3):
+def cluster(s3, tmp_path_factory):
     # Started while the S3 server's credentials are in the environment: every node reads the
     # bucket (a real cluster's nodes get theirs from their machine's role or environment). The
-    # worker node has a /tmp of its own (as root): it shares no scratch disk with the driver.
-    with two_node_cluster(own_tmp=os.geteuid() == 0) as c:
+    # worker node does not see this session's temporary folders (as root), where the driver
+    # writes: it shares no scratch disk with the driver.
+    hide = (str(tmp_path_factory.getbasetemp()),) if os.geteuid() == 0 else ()
+    with two_node_cluster(hide=hide) as c:
         yield c
 
 
@@ -105,9 +108,9 @@ gr.shutdown()
 def test_a_graded_runs_training_checkpoints_go_to_object_storage_on_nodes_sharing_no_disk(cluster, s3, monkeypatch, tmp_path):
     """Class grading on a cluster whose data is in S3 gives each run outputs beside the data
     (`data.run_outputs`): Ray Train's workers, one per node, write their checkpoints there and
-    the driver reads them back, while the worker node cannot see the driver's /tmp."""
+    the driver reads them back, while the worker node cannot see the driver's temporary folders."""
     if os.geteuid() != 0:
-        pytest.skip("the worker node's own /tmp needs root (unshare --mount); as a non-root user the nodes share it")
+        pytest.skip("hiding folders from the worker node needs root (unshare --mount); as a non-root user the nodes share them")
     import json
     import subprocess
     import sys
@@ -124,6 +127,32 @@ def test_a_graded_runs_training_checkpoints_go_to_object_storage_on_nodes_sharin
     assert said["checkpoint"].startswith("course-data/data/small/outputs/graded/train-test/run/"), said
     assert said["saved"] == [0, 1] and said["files"] > 0, f"both workers' files, one on each node: {said}"
     assert left == {"left": "NotFound"}, "the run's outputs were not removed"
+
+
+def test_phase2_yardsticks_read_the_reviews_from_s3(cluster, s3):
+    """Phase 2's yardsticks read the reviews from object storage: the ceiling's input, the naive
+    baseline (through Ray, on this cluster) and the grader's own yardstick process
+    (graders/trusted/yardsticks.py), started with the server's credentials in its environment."""
+    import ray
+
+    from graders import perf
+    from graders.trusted.yardsticks import YardstickProcess
+
+    paths = data.prepare(root=s3)
+    assert paths.reviews.startswith("s3://course-data/data/small/reviews?")
+    assert data.read_reviews(paths.reviews, kept=True).num_rows == data.counts().reviews_kept  # the ceiling's input
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:  # the naive baseline reads the reviews through Ray
+        embedded = perf.naive_embedding_pipeline(paths.reviews, max_rows=120).count()
+        assert 110 <= embedded < 120  # 120 reviews read; every 32nd review has no words and is dropped
+    finally:
+        ray.shutdown()
+    grader = YardstickProcess(paths.reviews)
+    try:
+        measured = grader.measure()
+    finally:
+        grader.close()
+    assert "error" not in measured and measured["ceiling"] > measured["naive"] > 0, measured
 
 
 DRIVER = '''

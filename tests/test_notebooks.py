@@ -92,3 +92,53 @@ def test_notebooks_are_small():
         assert len(cells) <= 70, f"{path.name}: {len(cells)} cells; split it"
         for c in cells:
             assert len("".join(c["source"]).splitlines()) <= 100, f"{path.name}: a cell over 100 lines"
+
+
+def _assigned(tree) -> set[str]:
+    """Names a piece of code binds at any level (assignments, defs, imports, loop and with targets)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def _visible(source: str) -> str:
+    """A solution cell as the release shows it: the lines between BEGIN and END SOLUTION left out."""
+    return re.sub(r"^([ \t]*)### BEGIN SOLUTION.*?### END SOLUTION", r"\1pass", source, flags=re.S | re.M)
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.parts[-3] == "solutions"], ids=_ids)
+def test_every_name_a_locked_cell_reads_from_the_learner_is_named_in_the_instructions(path):
+    """A locked cell (a "Just run this cell" or a test) that reads a name only the learner's solution
+    defines fails with a NameError when the learner picked another name: the instructions above it
+    (Markdown in backticks, or the template lines the release shows) must name it."""
+    import ast
+    import builtins
+
+    nb = nbformat.read(path, as_version=4)
+    given, learners, named, missing = set(dir(builtins)), set(), set(), []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            for span in re.findall(r"`([^`]+)`", cell.source):
+                named.update(re.findall(r"[A-Za-z_]\w*", span))
+            continue
+        source = re.sub(r"^\s*[%!].*$", "", cell.source, flags=re.M)  # magics and shell lines
+        tree = ast.parse(source)
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            visible = _assigned(ast.parse(_visible(source)))
+            named.update(visible)
+            learners.update(_assigned(tree) - visible - given)
+            continue
+        own = _assigned(tree)
+        reads = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        for name in sorted((reads & learners) - own - named - given):
+            missing.append(f"cell {i} reads {name!r}, which only a solution defines and no instruction names")
+        given |= own
+    assert not missing, missing

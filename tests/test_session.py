@@ -2,6 +2,7 @@
 
 import pytest
 
+from graders import session
 from graders.session import is_grading, plan_resources
 
 
@@ -91,3 +92,22 @@ def test_the_driver_device_is_the_accelerator_unless_said_otherwise():
     head = plan_resources(16, 1, "cpu")  # a cluster's head without a GPU
     assert (head.accelerator, head.driver) == ("cuda", "cpu")
     assert "this notebook's own process: cpu" in str(head) and "own process" not in str(plan_resources(16, 1))
+
+
+def test_a_small_machine_gets_the_faster_starting_shuffle_and_reader_and_one_line_says_so():
+    """Below 8 CPUs `gr.start()` switches Ray Data to the sort-based shuffle and the classic Parquet
+    reader (they start faster there; lessons 2.3 and 4.2 say what that changes) and prints why."""
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    ctx = DataContext.get_current()
+    saved = ctx.shuffle_strategy, ctx.use_datasource_v2
+    try:
+        note = session._configure_output(quiet=True, progress=False, cpus=2)
+        assert ctx.shuffle_strategy == ShuffleStrategy.SORT_SHUFFLE_PULL_BASED and not ctx.use_datasource_v2
+        assert note.startswith("Small machine (2 CPUs, under 8): groupby and sort use the sort-based shuffle"), note
+        ctx.shuffle_strategy, ctx.use_datasource_v2 = saved
+        assert session._configure_output(quiet=True, progress=False, cpus=16) is None
+        assert (ctx.shuffle_strategy, ctx.use_datasource_v2) == saved, "a big machine keeps Ray's defaults"
+    finally:
+        ctx.shuffle_strategy, ctx.use_datasource_v2 = saved

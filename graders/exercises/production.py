@@ -187,8 +187,12 @@ def _largest_batch(value):
     want = max(fits) if fits else None
     if choice != want:
         _fail("largest batch under the budget", want, choice,
-              f"among your measurements, the biggest batch whose peak stays at or under {budget} MB.")
-    return f"batch_size={choice}: its measured peak ({peaks[choice]:.0f} MB) fits the {budget} MB budget"
+              f"among your measurements, the biggest batch whose peak stays at or under {_mib(budget)}.")
+    return f"batch_size={choice}: its measured peak ({_mib(peaks[choice])}) fits the {_mib(budget)} budget"
+
+
+def _mib(value) -> str:
+    return f"{value:.1f} MiB" if isinstance(value, (int, float)) else repr(value)
 
 
 @exercise("33.cost_per_million")

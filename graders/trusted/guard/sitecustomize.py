@@ -9,7 +9,7 @@ for Ray, caches in $HOME) are not its business.
 
 An audit hook cannot be removed once added, but it only sees Python's own file calls: a shell
 command or native code goes around it. `graders.trusted.classroom` therefore also compares the course's
-files before and after each run. Real isolation is one container per submission (README).
+files before and after each run. Real isolation is one container per submission (docs/grading.md).
 """
 
 import os
