@@ -95,7 +95,7 @@ def run_pipeline(name: str, build, *args, monitor: bool = True, **kwargs) -> Pip
         run.actor_stage = _has_actor_stage(ds)
         _check_gpus(ds)
         tables = []
-        hand = _hand_to_grader(name) if monitor else None
+        hand = _hand_to_grader(name)  # every run, monitored or not: the kernel does not choose which the grader times
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=4):
             if block.num_rows:  # each output block as it arrives: the timing shows the stream
                 run.arrivals.append((time.perf_counter() - start, block.num_rows))
@@ -121,9 +121,11 @@ def _hand_to_grader(name: str):
     drop = os.environ.get("COURSE_STREAM")
     if not drop:
         return None
+    import itertools
+
     folder = os.path.join(drop, safe_name(name))
     os.makedirs(folder, exist_ok=True)
-    count = iter(range(10**9))
+    count = itertools.count()
 
     def hand(block: pa.Table) -> None:
         path = os.path.join(folder, f"{next(count):06d}.arrow")

@@ -287,7 +287,7 @@ def _rebuild(key, entry, folder, report, kept=None):
         rows = pq.read_table(os.path.join(folder, f"{key}.parquet")) if error is None else None
         arrivals = [(float(t), int(n)) for t, n in entry.get("arrivals") or []]
         reported = None
-        if kept is not None and error is None and entry.get("monitored"):
+        if kept is not None and error is None:  # whatever the notebook says of the run (monitored or not)
             reported = arrivals
             rows, arrivals, seconds, error = _witnessed(kept, name, rows, seconds)
         actor = entry.get("actor_stage")

@@ -104,12 +104,14 @@ def test_a_measured_run_is_graded_on_the_kept_blocks_not_on_what_the_kernel_repo
     assert got["other"].arrivals == [(0.1, 1)] and got["other"].reported is None, "a run the grader did not measure keeps its own record"
 
 
-def test_a_measured_run_whose_blocks_the_grader_never_saw_has_no_rows(keeper, tmp_path, monkeypatch):
+@pytest.mark.parametrize("monitored", [True, False])
+def test_a_measured_run_whose_blocks_the_grader_never_saw_has_no_rows(keeper, tmp_path, monkeypatch, monitored):
+    """Also when the notebook says the run was not monitored: the kernel does not choose which runs the grader times."""
     monkeypatch.setenv("COURSE_RESULTS", str(tmp_path / "results"))
     keeper.start()
     kept = str(keeper.stop())  # the kernel wrote nothing where the grader watches
-    publish(embedding_run=PipelineRun("your pipeline", rows=pa.table({"x": [1]}), report=_report(), seconds=1.0,
-                                      arrivals=[(0.5, 1)]))
+    publish(embedding_run=PipelineRun("your pipeline", rows=pa.table({"x": [1]}), report=_report() if monitored else None,
+                                      seconds=1.0, arrivals=[(0.5, 1)]))
     run = load_results(str(tmp_path / "results"), ["embedding_run"], None, ("embedding_run",), (), kept)["embedding_run"]
     with pytest.raises(Exception, match="the grader saw none of its output blocks arrive"):
         run.table()
