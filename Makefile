@@ -38,8 +38,10 @@ data: $(STAMP) ## build the course datasets (COURSE_SIZE=small|full, COURSE_DATA
 workspace: $(STAMP) ## copy new notebooks from course/ into your workspace (never overwrites your edits)
 	$(BIN)/course workspace
 
+# Notebooks are saved without widget state (Ray Data's progress bars: graders/workspace.py).
 lab: setup data workspace ## start JupyterLab on your workspace
-	$(BIN)/jupyter lab --notebook-dir=workspace --port=$(LAB_PORT) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,)
+	$(BIN)/jupyter lab --notebook-dir=workspace --port=$(LAB_PORT) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,) \
+		--ContentsManager.pre_save_hook=graders.workspace.strip_widget_state
 
 check: setup data sandbox ## am I done? grade your validation notebook: make check PHASE=1
 	$(BIN)/course check $(PHASE)

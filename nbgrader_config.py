@@ -8,9 +8,9 @@ git-ignored.
 
 import os
 
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.converters import Autograde
-from nbgrader.preprocessors import ClearHiddenTests, DeduplicateIds, Execute, GetGrades
+from nbgrader.preprocessors import ClearHiddenTests, ClearOutput, DeduplicateIds, Execute, GetGrades
 
 from graders.trusted.nbgrader_ext import CheckSubmission, HiddenTracebacks, MeasuredExecute
 
@@ -38,6 +38,18 @@ c.Autograde.sanitize_preprocessors = [
     step for default in Autograde.class_traits()["sanitize_preprocessors"].default()
     for step in ([CheckSubmission, default] if default is DeduplicateIds else [default])
 ]
+
+# The graded copy carries no widget state: Ray Data's progress bars leave 45-680 KB of it in a
+# notebook's metadata ("widgets"), and ClearOutput clears only the outputs (widget views among them).
+# nbconvert's ClearMetadataPreprocessor, which nbgrader lists after Execute but leaves disabled,
+# runs right after ClearOutput too (and in formgrader's page); it keeps every cell's metadata and, of
+# the notebook's, only what nbgrader and nbconvert read. nbgrader reads submitted/ and writes
+# autograded/: the learner's file is only read.
+c.Autograde.sanitize_preprocessors.insert(c.Autograde.sanitize_preprocessors.index(ClearOutput) + 1,
+                                          ClearMetadataPreprocessor)
+c.ClearMetadataPreprocessor.enabled = True
+c.ClearMetadataPreprocessor.clear_cell_metadata = False
+c.ClearMetadataPreprocessor.preserve_nb_metadata_mask = {"kernelspec", "language_info"}
 
 # Ray pipelines take longer than nbgrader's 30 s default per cell (model start-up on 2 CPUs).
 # A cell past its limit is interrupted and the next ones run; past the notebook's limit, the rest

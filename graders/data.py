@@ -9,6 +9,8 @@ Where the data lives
            all reads and writes go through ``pyarrow.fs``.
     size   ``$COURSE_SIZE``: ``small`` (default) or ``full``.
     inputs ``$COURSE_INPUTS``: set only by the grader, its fresh copy of the measured run's datasets.
+    outputs ``output_path(name)``: your own, never another learner's: ``<workspace>/outputs/<size>/``
+           in your workspace, else ``<root>/<size>/outputs/<user>/``.
 
 Layout of ``<root>/<size>/``
     images/             ``{product_id}_{source}_{variant:03d}.jpg|png``
@@ -46,6 +48,7 @@ comes from its photo's source. The full size reuses the 1,797 bundled digits.
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import os
@@ -60,6 +63,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
+
+from graders.workspace import MANIFEST
 
 SEED = 2026
 _VERSION = 2
@@ -185,12 +190,43 @@ def paths(size: str | None = None, root: str | None = None) -> DataPaths:
 
 
 def output_path(name: str, size: str | None = None, root: str | None = None) -> str:
-    """Where a lesson writes its results: ``<root>/<size>/outputs/<name>`` (a path or a URI).
+    """Where a lesson writes its results (a local path or a URI), never shared with another learner:
 
-    ``$COURSE_OUTPUTS`` replaces ``<root>/<size>/outputs``: the class grader gives each parallel
-    run its own, so two graded notebooks never write the same files."""
-    base = os.environ.get("COURSE_OUTPUTS") if root is None else None
-    return _join(base or _join(paths(size, root).root, "outputs"), name)
+    - ``$COURSE_OUTPUTS/<name>`` while a notebook is graded: the class grader gives each run its own;
+    - ``<workspace>/outputs/<size>/<name>`` in your workspace (see ``workspace_root``): every notebook
+      of yours, whatever phase folder it is in, reads what the others wrote (Lesson 3.1's model);
+    - else ``<root>/<size>/outputs/<user>/<name>``, a folder per login name: outside a workspace
+      (the repository's ``solutions/``, a script), and always when the data is in object storage
+      (``s3://...``), where every node of a cluster can reach it.
+
+    An explicit ``root`` gives ``<root>/<size>/outputs/<name>`` as it is: no user, no workspace, no
+    ``$COURSE_OUTPUTS`` (for tools and tests that choose their own folder)."""
+    if root is not None:
+        return _join(paths(size, root).root, f"outputs/{name}")
+    if os.environ.get("COURSE_OUTPUTS"):
+        return _join(os.environ["COURSE_OUTPUTS"], name)
+    where = paths(size)
+    workspace = None if "://" in where.root else workspace_root()
+    if workspace:
+        return str(workspace / "outputs" / where.size / name)
+    return _join(where.root, f"outputs/{_user()}/{name}")
+
+
+def workspace_root(start: str | Path | None = None) -> Path | None:
+    """The learner's workspace holding `start` (default: the current folder, where a notebook runs):
+    the nearest folder upwards with the ``.course-manifest.json`` that ``course workspace`` writes
+    at its root. None outside a workspace."""
+    here = Path(start or Path.cwd()).resolve()
+    return next((folder for folder in (here, *here.parents) if (folder / MANIFEST).is_file()), None)
+
+
+def _user() -> str:
+    """Your login name, safe in a path or a URI."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # a container user with no name
+        name = f"uid{os.getuid()}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def run_outputs(local: str, name: str) -> str:

@@ -21,6 +21,23 @@ from dataclasses import asdict, dataclass
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
 
+# What Ray's own worker processes log at INFO that a learner need not read in a lesson: Ray Train
+# announces each report, checkpoint and worker start (about 100 lines a fit), and the Datasets it
+# streams to its workers log their plan and their end every epoch; a Train-internal actor makes
+# Ray's C++ core log an ERROR about its own restart policy, and Ray Train passes Ray Data an option
+# Ray Data itself calls deprecated (a warning of two lines); under load, Serve says its proxy was not
+# ready within 5 s (it checks again, and the lesson's requests wait for it). Each line stays in Ray's log files
+# (/tmp/ray/session_latest/logs). Your prints, warnings and errors from workers still show.
+QUIET_WORKER_LINES = (
+    r"Reporting training result \d+", r"Checkpoint successfully created at", r"Requesting resources: ",
+    r"Attempting to start training worker group", r"Started training worker group", r"^- \(ip=.*\) world_rank=",
+    r"Setting up process group for", r"Moving model to device", r"Wrapping provided model in DistributedDataParallel",
+    r"Starting execution of Dataset", r"Execution plan of Dataset", r"Dataset \S+ execution finished in",
+    r"\[dataset\]: A new progress UI is available", r"Actor with class name: 'PreemptionWatcher'",
+    r"`ExecutionOptions.exclude_resources` is deprecated", r"^\s*self.exclude_resources = exclude_resources$",
+    r"Proxy actor readiness check for proxy on \S+ didn't complete in",
+)
+
 # Environment for Ray workers: offline models, no download or progress chatter on stderr.
 WORKER_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -232,6 +249,8 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
                 ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, **options)
             else:
                 ray.init(num_cpus=_local_cpus(), num_gpus=_local_gpu_count(), include_dashboard=False, **options)
+        if not quiet:
+            _quiet_worker_chatter()
     res = resources()
     note = _configure_output(quiet, progress, res.cpus)
     if not quiet:
@@ -344,9 +363,15 @@ def _configure_output(quiet: bool, progress: bool, cpus: int) -> str | None:
 
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.WARNING)
+    # Lessons write their outputs again each time they run: "[SaveMode=overwrite] Replacing contents" is expected.
+    logging.getLogger("ray.data.datasource.file_datasink").setLevel(logging.ERROR)
+    cpus_warning = logging.getLogger("ray.data.dataset")
+    if not any(isinstance(f, _OnlyWhenNoCpuFrees) for f in cpus_warning.filters):
+        cpus_warning.addFilter(_OnlyWhenNoCpuFrees())
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = not quiet
+    ctx.enable_progress_bar_name_truncation = False  # else Ray warns once that it cut a long fused name to 100 characters
     note = None
     if cpus < SMALL_MACHINE_CPUS:
         # Ray 2.60's new Parquet reader (DataSourceV2) starts footer-reading actors for every
@@ -363,6 +388,48 @@ def _configure_output(quiet: bool, progress: bool, cpus: int) -> str | None:
 
         use_notebook_progress()
     return note
+
+
+def _quiet_worker_chatter() -> None:
+    """Leave QUIET_WORKER_LINES out of the worker logs Ray prints in this process (log_to_driver)."""
+    import re
+
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    chatter = re.compile("|".join(QUIET_WORKER_LINES))
+
+    def without_chatter(handler):
+        def handle(batch):
+            lines = [line for line in batch.get("lines", ()) if not chatter.search(line)]
+            if lines:
+                handler({**batch, "lines": lines})
+
+        return handle
+
+    with dispatcher._lock:  # Ray 2.60 prints worker logs through the handler named "ray_print_logs"
+        dispatcher.handlers = [(name, without_chatter(handler) if name == "ray_print_logs" else handler)
+                               for name, handler in dispatcher.handlers]
+
+
+class _OnlyWhenNoCpuFrees(logging.Filter):
+    """Ray Data warns "The Ray cluster currently does not have any available CPUs. The Dataset job
+    will hang..." when it starts a Dataset at the moment the actors of the one before are still
+    handing their CPUs back (a false alarm, measured in Lessons 2.3 and 3.1). Keep the warning
+    only when no CPU frees up within 2 s: then something (a Serve replica, an actor you keep)
+    really holds them all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "does not have any available CPUs" not in record.getMessage():
+            return True
+        import time
+
+        import ray
+
+        for _ in range(20):
+            if ray.available_resources().get("CPU"):
+                return False
+            time.sleep(0.1)
+        return True
 
 
 def _in_jupyter() -> bool:

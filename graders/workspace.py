@@ -4,6 +4,8 @@
 It remembers the hash of every notebook it copied (in `.course-manifest.json`), so it can tell
 "unchanged since copied" (safe to refresh with a newer release) from "edited by you" (kept).
 `git pull` and `make release` change only `course/`, never the workspace.
+`strip_widget_state()` is the pre-save hook `make lab` gives JupyterLab: notebooks in the
+workspace are saved without widget state.
 """
 
 from __future__ import annotations
@@ -53,3 +55,16 @@ def sync(course: Path, workspace: Path) -> dict[str, list[str]]:
         done[action].append(rel)
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return done
+
+
+def strip_widget_state(model: dict, **kwargs) -> None:
+    """Jupyter Server's pre-save hook (`make lab`: `--ContentsManager.pre_save_hook`): save a
+    notebook without its widget state, and leave everything else as it is.
+
+    Ray Data's progress bars are widgets, and their state (`metadata.widgets`, written when
+    JupyterLab's "Save Widget State Automatically" is on, or by a notebook runner) takes 45-680 KB
+    per notebook; `nbconvert --clear-output` keeps it. The bars show while your kernel runs; the
+    file keeps their outputs, not their state. Other files are saved as they are.
+    """
+    if model.get("type") == "notebook" and isinstance(model.get("content"), dict):
+        model["content"].get("metadata", {}).pop("widgets", None)

@@ -85,7 +85,7 @@ def jupyter_lab(notebook_dir: Path, state: Path, env: dict | None = None):
     with open(log, "wb") as out:
         server = subprocess.Popen(
             [str(jupyter), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
-             f"--notebook-dir={notebook_dir}", "--allow-root"],
+             f"--notebook-dir={notebook_dir}", "--allow-root", "--ContentsManager.pre_save_hook=graders.workspace.strip_widget_state"],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
     lab = Lab(f"http://127.0.0.1:{port}", token, log, server)
     try:
@@ -136,9 +136,14 @@ def pytest_collection_modifyitems(items):
     # nbval waits only 5 s (hard-coded) for a cell's last messages once the kernel has replied; on
     # 2 busy cores a kernel that just ended a Ray Train run once took longer, and nbval then fails
     # the cell and stops the kernel. The cell's own limit (--nbval-cell-timeout) is unchanged.
+    # Every lesson cell prints nothing on stderr that tests/lesson_runs.py does not explain, and
+    # each lesson runs for about the time its first cell states.
+    import lesson_runs
+
     for item in items:
         if hasattr(item, "output_timeout"):
             item.output_timeout = 60
+    lesson_runs.watch(items)
 
 
 def solved(release_nb, source_nb):

@@ -12,6 +12,7 @@ nothing of any run is left running.
 from __future__ import annotations
 
 import csv
+import hashlib
 import time
 from html import unescape
 from pathlib import Path
@@ -22,6 +23,7 @@ import bad_submissions
 from bad_submissions import KINDS, STUDENTS, VALIDATION
 from conftest import SCORES, cell_scores, class_submissions, expect_full_marks_without_stderr, expect_zero_everywhere, neighbour
 from conftest import graded_outputs
+from test_widget_state import WIDGET_VIEW, with_widget_state
 
 from graders.trusted import classroom
 from graders.cli import nbgrader
@@ -39,6 +41,9 @@ CELL_LIMIT, NOTEBOOK_LIMIT = 90, 400
 def course(tmp_path_factory):
     root = class_submissions(tmp_path_factory.mktemp("bad_class"), PHASE, VALIDATION,
                              **{student: bad_submissions.mutate(student) for student in STUDENTS})
+    # The reference as JupyterLab saves it with widget state on: 500 KB of Ray Data progress bars.
+    nbformat.write(with_widget_state(nbformat.read(submitted_reference(root), 4)), submitted_reference(root))
+    REFERENCE_SHA256.append(hashlib.sha256(submitted_reference(root).read_bytes()).hexdigest())
     start = time.monotonic()
     with neighbour(1):  # another job on the machine: no grade may move with it
         results = classroom.grade_class(root, PHASE, cell_timeout=CELL_LIMIT, notebook_timeout=NOTEBOOK_LIMIT)
@@ -47,6 +52,25 @@ def course(tmp_path_factory):
                   "parallel runs, beside a neighbour keeping one core busy")
     nbgrader(root, "export", f"--to={root / 'grades.csv'}")
     return root
+
+
+REFERENCE_SHA256: list[str] = []
+
+
+def submitted_reference(root: Path) -> Path:
+    return root / "submitted" / "reference" / PHASE / f"{VALIDATION}.ipynb"
+
+
+def test_widget_state_is_not_graded_and_the_learners_file_is_left_as_it_was(course):
+    """The reference carried 500 KB of widget state: it earned full marks (the test above), its
+    autograded copy has no widget state or widget views, and its submitted file is unchanged."""
+    assert submitted_reference(course).stat().st_size > 500_000
+    assert hashlib.sha256(submitted_reference(course).read_bytes()).hexdigest() == REFERENCE_SHA256[0]
+    graded = course / "autograded" / "reference" / PHASE / f"{VALIDATION}.ipynb"
+    nb = nbformat.read(graded, 4)
+    assert "widgets" not in nb.metadata
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if WIDGET_VIEW in o.get("data", {})]
+    assert graded.stat().st_size < 400_000, graded.stat().st_size
 
 
 def feedback(root: Path, student: str) -> str:

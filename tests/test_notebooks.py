@@ -142,3 +142,13 @@ def test_every_name_a_locked_cell_reads_from_the_learner_is_named_in_the_instruc
             missing.append(f"cell {i} reads {name!r}, which only a solution defines and no instruction names")
         given |= own
     assert not missing, missing
+
+
+def test_every_lesson_states_how_long_its_cells_run_on_the_test_machine():
+    """The number is checked against the run under nbval (tests/lesson_runs.py)."""
+    import lesson_runs
+
+    lessons = sorted(p for p in (ROOT / "solutions").glob("0*/0*.ipynb") if not p.name.endswith("_validation.ipynb"))
+    assert len(lessons) == 12
+    missing = [str(p) for p in lessons if lesson_runs.stated_seconds(p) is None]
+    assert not missing, f"no 'Its cells run for about N s in all on the course's test machine' in: {missing}"

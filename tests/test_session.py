@@ -111,3 +111,30 @@ def test_a_small_machine_gets_the_faster_starting_shuffle_and_reader_and_one_lin
         assert (ctx.shuffle_strategy, ctx.use_datasource_v2) == saved, "a big machine keeps Ray's defaults"
     finally:
         ctx.shuffle_strategy, ctx.use_datasource_v2 = saved
+
+
+def test_rays_own_worker_chatter_is_left_out_and_everything_else_printed(monkeypatch):
+    """`start()` (not quiet) wraps the handler that prints worker logs in this process: the lines
+    of QUIET_WORKER_LINES go, a learner's print and a real error stay; a batch of chatter only
+    prints nothing."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    printed = []
+    monkeypatch.setattr(dispatcher, "handlers", [("ray_print_logs", printed.append), ("other", lambda b: None)])
+    session._quiet_worker_chatter()
+    dispatcher.emit({"pid": 7, "is_err": True, "lines": [
+        "Reporting training result 3: TrainingReport(checkpoint=None, metrics={'epoch': 3})",
+        "epoch 3: loss 0.41",
+        "- (ip=10.0.0.1, pid=123) world_rank=0, local_rank=0, node_rank=0",
+        "ValueError: a real error",
+    ]})
+    dispatcher.emit({"pid": 7, "is_err": True, "lines": ["Execution plan of Dataset train_1: InputDataBuffer -> ..."]})
+    assert [b["lines"] for b in printed] == [["epoch 3: loss 0.41", "ValueError: a real error"]]
+    assert printed[0]["pid"] == 7
+
+
+def test_every_stderr_line_of_a_lesson_must_be_explained():
+    import lesson_runs
+
+    assert lesson_runs.unexplained("\n") == []
+    assert lesson_runs.unexplained("2026-12-06 WARNING x.py:1 -- something new\n") == ["2026-12-06 WARNING x.py:1 -- something new"]
