@@ -36,6 +36,7 @@ QUIET_WORKER_LINES = (
     r"\[dataset\]: A new progress UI is available", r"Actor with class name: 'PreemptionWatcher'",
     r"`ExecutionOptions.exclude_resources` is deprecated", r"^\s*self.exclude_resources = exclude_resources$",
     r"Proxy actor readiness check for proxy on \S+ didn't complete in",
+    r"logging\.cc:\d+: Set ray log level from environment variable",  # each new process, when RAY_BACKEND_LOG_LEVEL is set
 )
 
 # Environment for Ray workers: offline models, no download or progress chatter on stderr.
