@@ -173,3 +173,32 @@ def test_outside_the_grader_a_learner_call_runs_in_the_notebook(monkeypatch):
     assert handover.learner.call("double", 3, 1) == 7
     with pytest.raises(NameError, match="missing is not defined in the notebook"):
         handover.learner.call("missing")
+
+
+def test_the_grader_not_the_notebook_says_which_measured_runs_get_its_report(results, tmp_path):
+    """A notebook that calls `run_pipeline(..., monitor=False)` where the course's cell monitors
+    the run (or marks the measured cell's run as unmonitored) still gets the grader's report on
+    it: which runs are monitored is read from the course's locked cells (`_unmonitored`)."""
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps(_report(40.0).to_dict(timeline=True)))
+    publish(embedding_run=PipelineRun("your pipeline", rows=pa.table({"x": [1]}), report=None, seconds=1.0),
+            runs=[StepRun("run 1", report=_report(90.0)), StepRun("run 2")],
+            text_run=PipelineRun("text pipeline", rows=pa.table({"x": [1]}), report=None, seconds=1.0))
+    got = load_results(str(results), ["embedding_run", "runs", "text_run"], str(outside),
+                       ("embedding_run", "runs", "text_run"), unmonitored=("text_run",))
+    assert got["embedding_run"].report.mean == pytest.approx(40.0)
+    assert got["runs"][0].report is None and got["runs"][1].report.mean == pytest.approx(40.0), \
+        "the list's last run is the measured cell's, whatever the notebook said of the runs"
+    assert got["text_run"].report is None, "the course's own cell runs it without a monitor"
+
+
+def test_the_unmonitored_runs_are_read_from_each_phases_locked_run_cell():
+    import nbformat
+
+    from conftest import ROOT
+    from graders.trusted.nbgrader_ext import _unmonitored
+
+    found = {p.parent.name: _unmonitored(nbformat.read(p, 4).cells, ["run_pipelines"])
+             for p in sorted((ROOT / "course").glob("0*/04_validation.ipynb"))}
+    assert found == {"01_foundation": ["text_run"], "02_advanced_processing": [], "03_production_systems": [],
+                     "04_production_deployment": []}

@@ -177,6 +177,7 @@ class MeasuredExecute(OutputLimits, Execute):
             (own / "measured.json").write_text(json.dumps(self._measured))
             setup = [c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") in self.setup_cells]
             expected, measured = _published(nb.cells, self.measured_cells)
+            unmonitored = tuple(_unmonitored(nb.cells, self.measured_cells))
             kept = None
             if self._custody is not None:  # into the folder the grader's kernel sees
                 kept = str(shutil.move(str(self._custody.kept), str(own / "kept")))
@@ -187,7 +188,7 @@ class MeasuredExecute(OutputLimits, Execute):
                 "import os", f"os.environ.update({env!r})", *setup,
                 "from graders.handover import load_results as _load_results",
                 f"globals().update(_load_results({str(own / 'results')!r}, {expected!r}, {report!r}, {measured!r}, "
-                f"{self._unfinished!r}, {kept!r}))"]))
+                f"{self._unfinished!r}, {kept!r}, {unmonitored!r}))"]))
             cells = [preamble, *self._deferred]
             grader = GraderExecute(config=self.config, parent=self.parent, kernel_name=self.kernel_name)
             grader.ask_learner = lambda: self._answer_questions(run, own)
@@ -560,6 +561,30 @@ def _published(cells, measured_cells) -> tuple[list[str], list[str]]:
             if meta.get("grade_id") in measured_cells:
                 measured += found
     return names, measured
+
+
+def _unmonitored(cells, measured_cells) -> list[str]:
+    """The names the measured cells assign from a call with `monitor=False` (Phase 1's text run):
+    read from the locked cells' source, which the course wrote (nbgrader puts an edited one back),
+    not from what the notebook's kernel says of its runs. Every other measured run is timed and
+    measured by the grader, whatever the kernel says."""
+    import ast
+
+    names = []
+    for cell in cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type != "code" or not meta.get("locked") or meta.get("grade_id") not in measured_cells:
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and any(
+                    k.arg == "monitor" and isinstance(k.value, ast.Constant) and k.value.value is False
+                    for k in node.value.keywords):
+                names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return names
 
 
 class CheckSubmission(NbGraderPreprocessor):
