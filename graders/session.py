@@ -233,6 +233,8 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
         os.environ.setdefault(key, value)
 
     if not ray.is_initialized():
+        if not quiet:
+            _quiet_worker_chatter()
         options = dict(
             logging_level=logging.ERROR if quiet else logging.WARNING,
             log_to_driver=not quiet,
@@ -250,8 +252,6 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
                 ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, **options)
             else:
                 ray.init(num_cpus=_local_cpus(), num_gpus=_local_gpu_count(), include_dashboard=False, **options)
-        if not quiet:
-            _quiet_worker_chatter()
     res = resources()
     note = _configure_output(quiet, progress, res.cpus)
     if not quiet:
@@ -392,24 +392,27 @@ def _configure_output(quiet: bool, progress: bool, cpus: int) -> str | None:
 
 
 def _quiet_worker_chatter() -> None:
-    """Leave QUIET_WORKER_LINES out of the worker logs Ray prints in this process (log_to_driver)."""
+    """Leave QUIET_WORKER_LINES out of the worker logs Ray prints in this process (log_to_driver).
+
+    Ray 2.60 prints them with `ray._private.worker.print_to_stdstream`, which `ray.init` hands to
+    its log thread: replaced before `ray.init`, so the first lines (workers Ray starts in advance)
+    are filtered too."""
     import re
 
-    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    from ray._private import worker
 
+    if getattr(worker.print_to_stdstream, "course_quiet", False):
+        return
     chatter = re.compile("|".join(QUIET_WORKER_LINES))
+    print_all = worker.print_to_stdstream
 
-    def without_chatter(handler):
-        def handle(batch):
-            lines = [line for line in batch.get("lines", ()) if not chatter.search(line)]
-            if lines:
-                handler({**batch, "lines": lines})
+    def print_to_stdstream(batch, ignore_prefix):
+        lines = [line for line in batch.get("lines", ()) if not chatter.search(line)]
+        if lines:
+            print_all({**batch, "lines": lines}, ignore_prefix)
 
-        return handle
-
-    with dispatcher._lock:  # Ray 2.60 prints worker logs through the handler named "ray_print_logs"
-        dispatcher.handlers = [(name, without_chatter(handler) if name == "ray_print_logs" else handler)
-                               for name, handler in dispatcher.handlers]
+    print_to_stdstream.course_quiet = True
+    worker.print_to_stdstream = print_to_stdstream
 
 
 class _OnlyWhenNoCpuFrees(logging.Filter):

@@ -114,21 +114,23 @@ def test_a_small_machine_gets_the_faster_starting_shuffle_and_reader_and_one_lin
 
 
 def test_rays_own_worker_chatter_is_left_out_and_everything_else_printed(monkeypatch):
-    """`start()` (not quiet) wraps the handler that prints worker logs in this process: the lines
-    of QUIET_WORKER_LINES go, a learner's print and a real error stay; a batch of chatter only
-    prints nothing."""
-    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    """`start()` (not quiet) replaces the function Ray prints worker logs with, before `ray.init`:
+    the lines of QUIET_WORKER_LINES go, a learner's print and a real error stay; a batch of
+    chatter only prints nothing."""
+    from ray._private import worker
 
     printed = []
-    monkeypatch.setattr(dispatcher, "handlers", [("ray_print_logs", printed.append), ("other", lambda b: None)])
+    monkeypatch.setattr(worker, "print_to_stdstream", lambda batch, ignore_prefix: printed.append(batch))
     session._quiet_worker_chatter()
-    dispatcher.emit({"pid": 7, "is_err": True, "lines": [
+    session._quiet_worker_chatter()  # once only
+    worker.print_to_stdstream({"pid": 7, "is_err": True, "lines": [
         "Reporting training result 3: TrainingReport(checkpoint=None, metrics={'epoch': 3})",
         "epoch 3: loss 0.41",
         "- (ip=10.0.0.1, pid=123) world_rank=0, local_rank=0, node_rank=0",
+        "[2026-12-07 00:07:16,497 I 24783 24783] logging.cc:303: Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL to 3",
         "ValueError: a real error",
-    ]})
-    dispatcher.emit({"pid": 7, "is_err": True, "lines": ["Execution plan of Dataset train_1: InputDataBuffer -> ..."]})
+    ]}, False)
+    worker.print_to_stdstream({"pid": 7, "is_err": True, "lines": ["Execution plan of Dataset train_1: InputDataBuffer -> ..."]}, False)
     assert [b["lines"] for b in printed] == [["epoch 3: loss 0.41", "ValueError: a real error"]]
     assert printed[0]["pid"] == 7
 
