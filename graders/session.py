@@ -17,9 +17,16 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
+
+# `iter_torch_batches` hands torch a batch's memory without copying it, read-only, and torch warns
+# once per process that writing into such a tensor is undefined (a warning of two lines). Training
+# loops read their batches and never write into them: the lessons' do not, and the warning says
+# nothing a learner can act on.
+NOT_WRITABLE = r"The given NumPy array is not writable, and PyTorch does not support non-writable tensors"
 
 # What Ray's own worker processes log at INFO that a learner need not read in a lesson: Ray Train
 # announces each report, checkpoint and worker start (about 100 lines a fit), and the Datasets it
@@ -37,6 +44,7 @@ QUIET_WORKER_LINES = (
     r"`ExecutionOptions.exclude_resources` is deprecated", r"^\s*self.exclude_resources = exclude_resources$",
     r"Proxy actor readiness check for proxy on \S+ didn't complete in",
     r"logging\.cc:\d+: Set ray log level from environment variable",  # each new process, when RAY_BACKEND_LOG_LEVEL is set
+    NOT_WRITABLE, r"^\s*result = torch\.as_tensor\(ndarray, dtype=dtype, device=device\)$",
 )
 
 # Environment for Ray workers: offline models, no download or progress chatter on stderr.
@@ -364,6 +372,7 @@ def _configure_output(quiet: bool, progress: bool, cpus: int) -> str | None:
 
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.WARNING)
+    warnings.filterwarnings("ignore", message=NOT_WRITABLE, category=UserWarning)  # in this process too (see NOT_WRITABLE)
     # Lessons write their outputs again each time they run: "[SaveMode=overwrite] Replacing contents" is expected.
     logging.getLogger("ray.data.datasource.file_datasink").setLevel(logging.ERROR)
     cpus_warning = logging.getLogger("ray.data.dataset")
@@ -419,7 +428,7 @@ class _OnlyWhenNoCpuFrees(logging.Filter):
     """Ray Data warns "The Ray cluster currently does not have any available CPUs. The Dataset job
     will hang..." when it starts a Dataset at the moment the actors of the one before are still
     handing their CPUs back (a false alarm, measured in Lessons 2.3 and 3.1). Keep the warning
-    only when no CPU frees up within 2 s: then something (a Serve replica, an actor you keep)
+    only when no CPU frees up within 5 s: then something (a Serve replica, an actor you keep)
     really holds them all."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -429,7 +438,7 @@ class _OnlyWhenNoCpuFrees(logging.Filter):
 
         import ray
 
-        for _ in range(20):
+        for _ in range(50):
             if ray.available_resources().get("CPU"):
                 return False
             time.sleep(0.1)
