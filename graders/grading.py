@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import time
 import traceback
@@ -121,8 +122,6 @@ def _hand_to_grader(name: str):
     drop = os.environ.get("COURSE_STREAM")
     if not drop:
         return None
-    import itertools
-
     folder = os.path.join(drop, safe_name(name))
     os.makedirs(folder, exist_ok=True)
     count = itertools.count()

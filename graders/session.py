@@ -30,7 +30,7 @@ NOT_WRITABLE = r"The given NumPy array is not writable, and PyTorch does not sup
 
 # What Ray's own worker processes log at INFO that a learner need not read in a lesson: Ray Train
 # announces each report, checkpoint and worker start (about 100 lines a fit), and the Datasets it
-# streams to its workers log their plan and their end every epoch; a Train-internal actor makes
+# streams to its workers log their end every epoch; a Train-internal actor makes
 # Ray's C++ core log an ERROR about its own restart policy, and Ray Train passes Ray Data an option
 # Ray Data itself calls deprecated (a warning of two lines); under load, Serve says its proxy was not
 # ready within 5 s (it checks again, and the lesson's requests wait for it). Each line stays in Ray's log files
@@ -39,7 +39,7 @@ QUIET_WORKER_LINES = (
     r"Reporting training result \d+", r"Checkpoint successfully created at", r"Requesting resources: ",
     r"Attempting to start training worker group", r"Started training worker group", r"^- \(ip=.*\) world_rank=",
     r"Setting up process group for", r"Moving model to device", r"Wrapping provided model in DistributedDataParallel",
-    r"Starting execution of Dataset", r"Execution plan of Dataset", r"Dataset \S+ execution finished in",
+    r"Dataset \S+ execution finished in",
     r"\[dataset\]: A new progress UI is available", r"Actor with class name: 'PreemptionWatcher'",
     r"`ExecutionOptions.exclude_resources` is deprecated", r"^\s*self.exclude_resources = exclude_resources$",
     r"Proxy actor readiness check for proxy on \S+ didn't complete in",
@@ -380,7 +380,10 @@ def _configure_output(quiet: bool, progress: bool, cpus: int) -> str | None:
         cpus_warning.addFilter(_OnlyWhenNoCpuFrees())
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = progress
-    ctx.print_on_execution_start = not quiet
+    # "Starting execution of Dataset" and its plan are INFO lines, which this process never shows
+    # (its Ray loggers are at WARNING); Datasets that run elsewhere (those Ray Train streams to its
+    # workers) take this context with them, and would print both every epoch.
+    ctx.print_on_execution_start = False
     ctx.enable_progress_bar_name_truncation = False  # else Ray warns once that it cut a long fused name to 100 characters
     note = None
     if cpus < SMALL_MACHINE_CPUS:

@@ -130,7 +130,7 @@ def test_rays_own_worker_chatter_is_left_out_and_everything_else_printed(monkeyp
         "[2026-12-07 00:07:16,497 I 24783 24783] logging.cc:303: Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL to 3",
         "ValueError: a real error",
     ]}, False)
-    worker.print_to_stdstream({"pid": 7, "is_err": True, "lines": ["Execution plan of Dataset train_1: InputDataBuffer -> ..."]}, False)
+    worker.print_to_stdstream({"pid": 7, "is_err": True, "lines": ["Dataset train_1 execution finished in 0.52 seconds"]}, False)
     assert [b["lines"] for b in printed] == [["epoch 3: loss 0.41", "ValueError: a real error"]]
     assert printed[0]["pid"] == 7
 
