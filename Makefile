@@ -23,11 +23,13 @@ PHASES := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
+# setuptools prints "Editable installation ... Please be careful with folders in your working
+# directory" as a warning on every editable install (its InformationOnly): informational, left out.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
 setup: $(STAMP) ## create .venv and install the course kit and its dependencies

@@ -92,8 +92,7 @@ def _entry(key: str, run, folder: str) -> dict:
     if isinstance(run, Folder):
         _copy_files(run.path, os.path.join(folder, key))
         return {"kind": "Folder", "path": key}
-    entry = {"kind": type(run).__name__, "seconds": getattr(run, "seconds", 0.0),
-             "monitored": getattr(run, "report", None) is not None}
+    entry = {"kind": type(run).__name__, "seconds": getattr(run, "seconds", 0.0)}
     if isinstance(run, PipelineRun):
         entry.update(name=run.name, error=run.error, nodes=run.nodes, arrivals=run.arrivals, actor_stage=run.actor_stage)
         if run.error is None:
@@ -213,15 +212,15 @@ class TrainingResult:
 
 def load_results(folder: str, expected: list[str], outside_report: str | None = None,
                  measured: tuple[str, ...] = (), stopped: tuple[str, ...] = (), kept: str | None = None,
-                 unmonitored: tuple[str, ...] | None = None) -> dict:
+                 unmonitored: tuple[str, ...] = ()) -> dict:
     """The grader's side of `publish`: the results the notebook handed over, by name. Each name in
     `expected` the notebook did not hand over becomes a `MissingRun` saying so. The runs named in
     `measured` get the grader's own utilization report (`outside_report`, a JSON file), never the
     notebook's (in a list, the last run: the measured cell's), and, when the grader kept their
     output blocks (`kept`, graders/trusted/custody.py), the rows and arrival times it took itself.
     `unmonitored`: the measured runs the course's own cell runs without a monitor
-    (`nbgrader_ext._unmonitored`); every other measured run gets the report, whatever the
-    notebook says of it. None: the notebook's word (for tools outside the grader).
+    (`nbgrader_ext._unmonitored`); every other measured run gets the report: the grader, not the
+    notebook, says which runs it measured.
     `stopped`: cells stopped at their time limit (a missing result says so)."""
     from graders.telemetry import UtilizationReport
 
@@ -246,9 +245,8 @@ def load_results(folder: str, expected: list[str], outside_report: str | None = 
             loaded[key] = MissingRun(key, f"did not run: {why}")
             continue
         try:
-            trusted = None if unmonitored is None or key not in measured else key not in unmonitored
             loaded[key] = _rebuild(_safe(key), entry, folder, *((report, kept) if key in measured else (None, None)),
-                                   monitored=trusted)
+                                   monitored=key in measured and key not in unmonitored)
         except Exception as exc:  # files the notebook wrote: anything may be wrong with them
             loaded[key] = MissingRun(key, f"did not run: its results could not be read ({type(exc).__name__}: {exc})"[:300])
     return loaded
@@ -267,10 +265,9 @@ def _tensor_types_without_pickle() -> None:
         pass
 
 
-def _rebuild(key, entry, folder, report, kept=None, monitored: bool | None = None):
+def _rebuild(key, entry, folder, report, kept=None, monitored: bool = False):
     """One published result as it was. `monitored`: whether the grader's report goes to it (in a
-    list, to its last run: the measured cell appends it), decided by the grader; None: as the
-    notebook's manifest says."""
+    list, to its last run: the measured cell appends it), decided by the grader."""
     import pyarrow.parquet as pq
 
     from graders.perf import Ceiling
@@ -279,12 +276,9 @@ def _rebuild(key, entry, folder, report, kept=None, monitored: bool | None = Non
     if kind == "list":
         items = list(entry.get("items") or [])
         runs = [i for i, e in enumerate(items) if isinstance(e, dict) and e.get("kind") in ("PipelineRun", "StepRun")]
-        if monitored is None:
-            last = max((i for i, e in enumerate(items) if isinstance(e, dict) and e.get("monitored")), default=None)
-        else:
-            last = runs[-1] if monitored and runs else None
-        return [_rebuild(f"{key}.{i}", e, folder, *((report, kept) if i == last else (None, None)),
-                         monitored=None if monitored is None else i == last) for i, e in enumerate(items)]
+        last = runs[-1] if monitored and runs else None
+        return [_rebuild(f"{key}.{i}", e, folder, *((report, kept) if i == last else (None, None)), monitored=i == last)
+                for i, e in enumerate(items)]
     if kind == "dict":
         return {str(k): _rebuild(f"{key}.{_safe(k)}", e, folder, report, kept, monitored) for k, e in dict(entry.get("items") or {}).items()}
     if kind == "Folder":
@@ -296,7 +290,7 @@ def _rebuild(key, entry, folder, report, kept=None, monitored: bool | None = Non
     name = str(entry.get("name", key))
     seconds = float(entry.get("seconds") or 0.0)
     error = None if entry.get("error") is None else str(entry["error"])
-    report = report if (entry.get("monitored") if monitored is None else monitored) else None
+    report = report if monitored else None
     if kind == "PipelineRun":
         rows = pq.read_table(os.path.join(folder, f"{key}.parquet")) if error is None else None
         arrivals = [(float(t), int(n)) for t, n in entry.get("arrivals") or []]

@@ -215,17 +215,37 @@ class GradedClass:
 
 
 @contextlib.contextmanager
-def neighbour(processes: int = 1, seconds: float = 900.0):
+def neighbour(processes: int = 1, seconds: float = 900.0, until=None):
     """A bounded neighbour outside the graded run: `processes` busy loops that end by themselves
-    after `seconds` (and are killed when the block ends), as another job on a shared machine."""
+    after `seconds`, or once `until()` is true (checked each second), and are killed when the
+    block ends: another job on a shared machine."""
+    import threading
+
     spin = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
     busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(processes)]
-    try:
-        yield busy
-    finally:
+    done = threading.Event()
+
+    def stop() -> None:
         for p in busy:
             p.kill()
             p.wait()
+
+    def watch() -> None:
+        while not done.wait(1.0):
+            if until():
+                stop()
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True) if until else None
+    if watcher:
+        watcher.start()
+    try:
+        yield busy
+    finally:
+        done.set()
+        if watcher:
+            watcher.join()
+        stop()
 
 
 class SharedCluster:

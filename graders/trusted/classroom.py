@@ -467,6 +467,8 @@ class ClassGrader:
 
     # -- the class --------------------------------------------------------------------------
     def run(self, students: list[str] | None = None, fresh: bool = False) -> list[Result]:
+        """Grade every submission (or `students` only, started in that order), as many at once as
+        there are slots; a submission graded before and unchanged keeps its grade (unless `fresh`)."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
@@ -515,6 +517,8 @@ class ClassGrader:
                 continue
             todo.append(sub)
 
+        if students:
+            todo.sort(key=lambda sub: list(students).index(sub.student))
         self.console.print(f"Grading {len(todo)} submission(s) of {self.assignment} with {len(self.slots)} "
                            f"parallel run(s) ({', '.join(s['label'] for s in self.slots)}); "
                            f"{len(results)} already graded or rejected. Limits: {self.cell_timeout} s a cell, "
