@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import re
 import time
 import traceback
@@ -114,12 +115,15 @@ def safe_name(name) -> str:
     return re.sub(r"[^\w-]", "_", str(name))[:80]
 
 
+def _stream_folder() -> str | None:
+    """Where the grader takes this run's output blocks (`COURSE_STREAM`, set only when graded)."""
+    return os.environ.get("COURSE_STREAM") or None
+
+
 def _hand_to_grader(name: str):
     """When graded (`COURSE_STREAM`, set by the grader), a function that writes each output block
     there as it arrives: the grader times and keeps them itself (graders/trusted/custody.py)."""
-    import os
-
-    drop = os.environ.get("COURSE_STREAM")
+    drop = _stream_folder()
     if not drop:
         return None
     folder = os.path.join(drop, safe_name(name))
@@ -157,14 +161,11 @@ def _nodes_used(ds) -> int:
 
 def _measured(run, execute, monitor: bool):
     """Call `execute(start time)` once: the run gets its time, its report and, instead of a raise, its error."""
-    import os
-
     start = time.perf_counter()
-    # When graded, the grader measures this run from outside (custody: COURSE_STREAM is set): a
-    # sampler of the notebook's own would run inside the run's cgroup, and its CPU (about 6 % of
-    # a core, measured on the course's test machine) would count as the pipeline's work.
-    graded = bool(os.environ.get("COURSE_STREAM"))
-    mon = UtilizationMonitor() if monitor and not graded else contextlib.nullcontext()
+    # When graded, the grader measures this run from outside: a sampler of the notebook's own would
+    # run inside the run's cgroup, and its CPU (about 6 % of a core, measured on the course's test
+    # machine) would count as the pipeline's work.
+    mon = UtilizationMonitor() if monitor and not _stream_folder() else contextlib.nullcontext()
     try:
         with mon:  # the monitor's report covers the run even when the learner's code raises
             execute(start)

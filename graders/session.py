@@ -434,6 +434,8 @@ class _OnlyWhenNoCpuFrees(logging.Filter):
     only when no CPU frees up within 5 s: then something (a Serve replica, an actor you keep)
     really holds them all."""
 
+    WAIT_S = 5.0
+
     def filter(self, record: logging.LogRecord) -> bool:
         if "does not have any available CPUs" not in record.getMessage():
             return True
@@ -441,7 +443,8 @@ class _OnlyWhenNoCpuFrees(logging.Filter):
 
         import ray
 
-        for _ in range(50):
+        deadline = time.monotonic() + self.WAIT_S
+        while time.monotonic() < deadline:
             if ray.available_resources().get("CPU"):
                 return False
             time.sleep(0.1)

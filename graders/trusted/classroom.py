@@ -518,7 +518,8 @@ class ClassGrader:
             todo.append(sub)
 
         if students:
-            todo.sort(key=lambda sub: list(students).index(sub.student))
+            rank = {student: i for i, student in enumerate(students)}
+            todo.sort(key=lambda sub: rank[sub.student])
         self.console.print(f"Grading {len(todo)} submission(s) of {self.assignment} with {len(self.slots)} "
                            f"parallel run(s) ({', '.join(s['label'] for s in self.slots)}); "
                            f"{len(results)} already graded or rejected. Limits: {self.cell_timeout} s a cell, "
