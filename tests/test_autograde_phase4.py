@@ -19,7 +19,7 @@ from cluster import nodes_used, spread
 from conftest import autograded, cell_scores, expect_full_marks_without_stderr, expect_zero_everywhere, graded_class
 from conftest import printed, solution_cell
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # make test-cluster
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # make test-long
 PHASE = "04_production_deployment"
 VALIDATION = "04_validation"
 DRIFT_CELLS = {"drift_detection", "drift_hidden_windows"}

@@ -27,7 +27,7 @@ from conftest import ROOT, execute_notebook, s3_server
 
 from graders import data
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # make test-cluster
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

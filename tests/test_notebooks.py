@@ -32,8 +32,9 @@ def test_there_are_notebooks_and_every_phase_ends_in_validation():
 
 
 def test_every_validation_runs_under_the_real_autograde():
-    """`make test` runs the lessons under nbval and leaves the validations to the autograde tests,
-    where the reference must earn every point: each phase needs one, or its validation never runs."""
+    """`make test` runs the lessons under nbval and leaves the validations to the autograde tests
+    (Phases 3 and 4 in `make test-long`), where the reference must earn every point: each phase
+    needs one, or its validation never runs."""
     autograde_tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_autograde*.py"))
     for phase in PHASES:
         assert f'PHASE = "{phase}"' in autograde_tests, f"no tests/test_autograde*.py grades {phase}'s validation"
