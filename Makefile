@@ -92,15 +92,15 @@ browser: sandbox ## install Debian's chromium for the browser test (apt-get; war
 # instead (tests/test_autograde*.py: the reference must earn every point), which is stricter than
 # nbval and would otherwise run each of them twice.
 # The venv (pip) and chromium (apt) are set up side by side: neither needs the other.
-# The tests marked `long` (the Phase 3 and 4 classes) run in `make test-long`, so that `make test`
-# stays under 30 minutes on 2 cores; .ci/run runs both.
-test: ## the test suite: kit, lessons (nbval), release sync, real nbgrader autograde of Phases 1-2, a Ray cluster, JupyterLab in a browser
+# The tests marked `long` (the Phase 3 and 4 classes, the two-node cluster tests, the class runner)
+# run in `make test-long`, so that `make test` stays under 30 minutes on 2 cores; .ci/run runs both.
+test: ## the test suite: kit, lessons (nbval), release sync, real nbgrader autograde of Phases 1-2, JupyterLab in a browser
 	@$(MAKE) --no-print-directory -j2 setup browser
 	@$(MAKE) --no-print-directory data
 	$(BIN)/python -m pytest tests solutions -m "not long" --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider \
 		--ignore-glob='solutions/*/*_validation.ipynb' --durations=20 $(PYTEST_ARGS)
 
-test-long: setup data sandbox ## the longest runs: the Phase 3 and 4 classes (real nbgrader autograde, one student each on a two-node Ray cluster)
+test-long: setup data sandbox ## the rest, for CI: the Phase 3 and 4 classes (real nbgrader autograde), the two-node cluster tests, the class runner
 	$(BIN)/python -m pytest tests -m long -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
 
 test-fast: setup ## quick edit loop: unit tests only (no Ray, no notebooks)

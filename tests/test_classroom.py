@@ -22,7 +22,7 @@ from probe_course import A, csv_rows, hand_in, make_course, submissions
 
 from graders.trusted import classroom
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # make test-long
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from conftest import ROOT, execute_notebook, s3_server
 
 from graders import data
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # make test-long
 
 
 @pytest.fixture(scope="module")
