@@ -250,7 +250,8 @@ def neighbour(processes: int = 1, seconds: float = 900.0, until=None):
 
 class SharedCluster:
     """One two-node cluster (tests/cluster.py) for the class tests of Phases 2-4, started when first
-    needed and stopped by `stop()` or at the end of the session: a start costs about 11 s here."""
+    needed and stopped after the last test in a row that uses it (`pytest_runtest_teardown`), so it
+    never sits idle beside other tests: a start costs about 11 s here."""
 
     def __init__(self):
         self._stack, self._cluster = None, None
@@ -269,11 +270,19 @@ class SharedCluster:
             stack.close()
 
 
+_CLASS_CLUSTER = SharedCluster()
+
+
 @pytest.fixture(scope="session")
 def class_cluster():
-    shared = SharedCluster()
-    yield shared
-    shared.stop()
+    yield _CLASS_CLUSTER
+    _CLASS_CLUSTER.stop()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """The shared class cluster stops once the next test does not use it (it starts again if a later one does)."""
+    if "class_cluster" in item.fixturenames and (nextitem is None or "class_cluster" not in nextitem.fixturenames):
+        _CLASS_CLUSTER.stop()
 
 
 def graded_class(root: Path, phase: str, notebook: str, on_cluster: tuple[str, ...] = (), loaded: tuple[str, ...] = (),
@@ -287,7 +296,7 @@ def graded_class(root: Path, phase: str, notebook: str, on_cluster: tuple[str, .
     stopped afterwards: so each phase's validation also runs, unchanged and graded, on a cluster,
     at the cost of no extra notebook run. The cluster (`cluster`, shared by the phases; else one of
     its own) starts only after the local runs, whose utilization is measured, have ended; a shared
-    one stays up, idle, until the last phase has used it. The students named in `beside` are graded
+    one stays up for the next phase's class if it comes next. The students named in `beside` are graded
     locally while the cluster runs, in a copy of the course merged back afterwards: only where the
     cluster-graded run has no yardsticks to measure (Phase 2's grader brackets its run with them,
     and a run beside them made them disagree, "inconclusive"). The students named in `loaded` are

@@ -66,12 +66,8 @@ def _naive(nb):
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory, class_cluster):
-    graded = graded_class(tmp_path_factory.mktemp("class2"), PHASE, VALIDATION, on_cluster=("naive",), loaded=("reference",),
-                          naive=_naive, cluster=class_cluster)
-    # The last class graded on it in `make test`: stopped, not left idle beside the tests that follow
-    # (in a run with the Phase 3 and 4 classes, `make test-long`'s, the Phase 3 class starts it again: 11 s).
-    class_cluster.stop()
-    return graded
+    return graded_class(tmp_path_factory.mktemp("class2"), PHASE, VALIDATION, on_cluster=("naive",), loaded=("reference",),
+                        naive=_naive, cluster=class_cluster)
 
 
 def scores(course, student):

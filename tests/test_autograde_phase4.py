@@ -36,10 +36,8 @@ def _alarmist(nb):
 
 @pytest.fixture(scope="module")
 def course(tmp_path_factory, class_cluster):
-    graded = graded_class(tmp_path_factory.mktemp("class4"), PHASE, VALIDATION, on_cluster=("alarmist",),
-                          alarmist=_alarmist, cluster=class_cluster, beside=("blank",))
-    class_cluster.stop()  # the last class graded on it
-    return graded
+    return graded_class(tmp_path_factory.mktemp("class4"), PHASE, VALIDATION, on_cluster=("alarmist",),
+                        alarmist=_alarmist, cluster=class_cluster, beside=("blank",))
 
 
 def scores(course, student):
