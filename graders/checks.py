@@ -161,6 +161,10 @@ def expect_utilization(report, device: str, min_mean: float, min_samples: int = 
     The report is also published for the grader, which measures the same run from outside the
     kernel and compares (see graders/trusted/nbgrader_ext.py).
     """
+    if report is None:
+        _fail("utilization measurement", "a measurement of the run", "none",
+              "run the pipeline inside a UtilizationMonitor (when graded: the grader could not measure the run; "
+              "grade again, and tell your instructor if it repeats).")
     publish_report(report)
     by = f", {report.source}" if getattr(report, "source", "") else ""
     if report.device != device:

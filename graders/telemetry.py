@@ -11,7 +11,7 @@ of code ran, and turning the measurements into a report that a grader can check.
   figure is kept beside it, so other load shows as such ("machine 100 %, this run
   3 %"), and so is the time the run's ready threads waited in the kernel's run
   queue for cores that other load held (``/proc/<tid>/schedstat``): what the load
-  cost the run. (The grader starts graded runs with a higher priority, so that cost
+  cost the run. (The grader gives graded runs a higher CPU weight, so that cost
   stays small; see graders/trusted/sandbox.py.)
 * Nothing is hard-coded or guessed. Without NVML the report says so, with the
   reason, and grades the CPU instead.
@@ -446,6 +446,7 @@ class UtilizationReport:
     run_cpu_seconds: float | None = None  # CPU time the run's own processes used, the whole run
     run_gpu_mean: float | None = None  # the run's processes' share of the GPUs (NVML per process), steady window
     run_gpu_source: str = ""  # how run_gpu_mean was measured, or why it was not
+    cores: int = 0  # the CPU cores the run was measured on (its own when pinned, else the machine's)
 
     @classmethod
     def from_dict(cls, d: dict) -> UtilizationReport:
@@ -483,7 +484,8 @@ class UtilizationReport:
                      gpu_count=max([len(names)] + [len(s["gpu"]) for s in timeline]),
                      nvml_error=nvml_error, interval_s=float(interval),
                      samples=len(timeline), timeline=timeline,
-                     scope=str(info.get("scope") or "the whole machine") if own else "the whole machine")
+                     scope=str(info.get("scope") or "the whole machine") if own else "the whole machine",
+                     cores=int(info.get("cpu_count") or psutil.cpu_count() or 1))
         if not timeline:
             return report
 

@@ -122,6 +122,18 @@ def _cached(paths_):
 
 def build_image_pipeline('''
 
+# The real model in a stage that mostly sleeps, and busy processes its actor starts beside it
+# (the sandbox ends them with the run): the run's processes read busy and every row is the model's,
+# but the model's work explains a fraction of the CPU time (make bench-noise's "busy beside").
+# Only the share of the utilization that the model's work explains is credited.
+SLEEPY_STAGE = "        def __call__(self, batch):\n            __import__('time').sleep({seconds})  # mostly asleep\n"
+BUSY_BESIDE = """        def __init__(self):
+            import subprocess, sys
+
+            for _ in range({busy}):  # busy beside the model
+                subprocess.Popen([sys.executable, "-c", "while True: pass"])
+"""
+
 HARD_CODED = '''def build_text_pipeline(support_path: str) -> ray.data.Dataset:
     import os
 
@@ -299,6 +311,11 @@ KINDS: dict[str, Kind] = {
                _edit("image_pipeline", "def build_image_pipeline(", SPIN), _edit("image_pipeline", "def build_image_pipeline(", PRECOMPUTE)),
         ("accelerator_stage",), "The grader wrote this run's inputs afresh just before it started",
         "the model's outputs computed before the measured run, handed out during it beside a busy loop"),
+    "busy_beside": Kind(
+        _chain(_edit("image_pipeline", "        def __call__(self, batch):\n", SLEEPY_STAGE.format(seconds=6)),
+               _edit("image_pipeline", "        def __init__(self):\n", BUSY_BESIDE.format(busy=1))),
+        ("accelerator_stage",), "utilization counts the model's work only",
+        "the real model in a stage that sleeps, two Ray tasks spinning beside it"),
     "error_hooks": Kind(
         lambda nb: _append(nb, "image_pipeline", ERROR_HOOKS), FULL, "asks for num_gpus=1 per task/actor",
         "IPython hooks that clear every error and print every cell (the error they would hide still shows)"),
@@ -319,6 +336,7 @@ STUDENTS: dict[str, tuple[str, ...]] = {"-".join(kinds): kinds for kinds in [
     ("faked_telemetry", "empty_dataset", "patched_checks"),  # the patches would pass both mistakes' checks
     ("infinite_loop", "actors_left", "precomputed_busy"),
     ("stderr_noise", "kernel_crash"),  # a warning in one cell, then the kernel dies
+    ("busy_beside",),  # the real model, every other point earned: utilization alone is not credited
 ]}
 assert sorted(k for kinds in STUDENTS.values() for k in kinds) == sorted(KINDS), "every kind once, in one student"
 

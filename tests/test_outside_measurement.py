@@ -62,3 +62,30 @@ def test_feedback_cuts_the_traceback_of_a_cell_with_hidden_tests_to_one_line():
     nb, _ = HiddenTracebacks()(new_notebook(cells=[hidden, visible]), {})  # as nbgrader calls it
     assert nb.cells[0].outputs[0].traceback == ["AssertionError: a hidden window: expected drift"]
     assert nb.cells[1].outputs[0].traceback == error["traceback"]  # visible tests keep their context
+
+
+def test_a_meter_that_cannot_start_leaves_the_run_graded_unmeasured(monkeypatch):
+    """A submission that keeps every core busy once starved the grader's meter (it did not start
+    within 60 s) and so stopped the whole autograde: now the cell runs, unmeasured, the grader
+    notes why, and the utilization test fails saying so (no report, no points)."""
+    from nbformat.notebooknode import NotebookNode
+
+    from graders import checks
+    from graders.trusted import nbgrader_ext
+
+    def fail(self):
+        raise RuntimeError("the utilization sampler process did not start: exit code -15")
+
+    ran = []
+    monkeypatch.setattr(nbgrader_ext.UtilizationMonitor, "__enter__", fail)
+    monkeypatch.setattr(nbgrader_ext.Execute, "preprocess_cell", lambda self, cell, resources, index: (ran.append(index), (cell, resources))[1])
+    step = MeasuredExecute()
+    step._trusted = step._yardsticks = False
+    step._inputs = step._custody = step._outside = None
+    step._measured = {}
+    cell = NotebookNode(cell_type="code", source="x = 1", metadata={"nbgrader": {"grade_id": "run_pipelines"}}, outputs=[])
+    assert step._execute(cell, {}, 3) == (cell, {})
+    assert ran == [3] and step._outside is None
+    assert step._measured["monitor"].startswith("the grader could not measure this run: the utilization sampler"), step._measured
+    with pytest.raises(checks.CheckFailed, match="utilization measurement: expected a measurement of the run, found none"):
+        checks.expect_utilization(None, "cpu", 50.0)

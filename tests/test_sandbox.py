@@ -110,12 +110,87 @@ def test_no_sandbox_on_a_ray_cluster(monkeypatch):
     assert sandbox.on_cluster() is None
 
 
+SPIN = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end: pass"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/sys/fs/cgroup/cpu", os.W_OK),
+                    reason="the run's CPU weight needs root and the cgroup cpu controller")
+def test_the_run_outranks_other_work_as_one_and_leaves_the_grader_its_share(tmp_path):
+    """Eight busy processes in eight sessions of their own inside a run, each session given the
+    run's priority (as `SessionPriority` does), and one busy process outside it (the grader's
+    meter, say): the run gets most of the cores, and the outside process keeps about its 1/11
+    however many sessions the run starts. With the run's weight turned off
+    (the run in no cpu cgroup, as before) this test fails: the outside process got 2.7 % of a core."""
+    import threading
+
+    import psutil
+
+    group = sandbox.RunCgroup(f"test-{uuid.uuid4().hex[:8]}").create()
+    try:
+        assert group.weighted
+        outside = subprocess.Popen([sys.executable, "-c", SPIN.format(s=8)], start_new_session=True)
+        code = f"""
+            import subprocess, sys
+            busy = [subprocess.Popen([sys.executable, "-c", {SPIN.format(s=5)!r}], start_new_session=True) for _ in range(8)]
+            [p.wait() for p in busy]
+        """
+        result = {}
+        inside = threading.Thread(target=lambda: result.update(out=run_inside(tmp_path, code, cgroup=group)))
+        inside.start()
+        time.sleep(1.0)
+        sandbox.SessionPriority(group).scan()  # every session of the run at nice -10
+        time.sleep(0.3)
+
+        def used():
+            return sum(psutil.Process(outside.pid).cpu_times()[:2]), group.cpu_seconds(), time.monotonic()
+
+        (own0, run0, t0), _, (own1, run1, t1) = used(), time.sleep(3.0), used()  # all busy: both compete
+        inside.join(60)
+        outside.wait()
+        out = result["out"]
+        assert out.returncode == 0, out.stderr[-500:]
+        cores = len(os.sched_getaffinity(0))
+        assert run1 - run0 > 0.6 * cores * (t1 - t0), (run1 - run0, t1 - t0)
+        assert own1 - own0 > 0.08 * (t1 - t0), (own1 - own0, t1 - t0)
+    finally:
+        group.remove()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/sys/fs/cgroup/freezer", os.W_OK),
+                    reason="pausing a run needs root and the cgroup freezer")
+def test_a_paused_run_uses_no_cpu_and_goes_on_afterwards(tmp_path):
+    """What the grader does while it measures its yardsticks: the run's busy process stops, then
+    finishes its work."""
+    import threading
+
+    group = sandbox.RunCgroup(f"test-{uuid.uuid4().hex[:8]}").create()
+    try:
+        result = {}
+        code = "import time\nn, end = 0, time.monotonic() + 4\nwhile time.monotonic() < end: n += 1\nprint('done', n > 0)"
+        worker = threading.Thread(target=lambda: result.update(out=run_inside(tmp_path, code, cgroup=group)))
+        worker.start()
+        time.sleep(1.5)
+        with group.paused() as paused:
+            assert paused
+            before = group.cpu_seconds()
+            time.sleep(1.0)
+            during = group.cpu_seconds() - before
+        worker.join(30)
+        assert during < 0.05, during
+        assert result["out"].returncode == 0 and "done True" in result["out"].stdout, result["out"].stderr[-500:]
+    finally:
+        group.remove()
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/proc/self/autogroup").exists(),
                     reason="a higher priority needs root, and sessions' priorities need sched_autogroup")
-def test_every_session_of_a_run_gets_the_runs_priority(tmp_path):
-    """Linux shares the CPU between sessions first: the kernel's session and one the learner's
-    code starts with setsid both get the graded run's priority, so `nice` reaches them."""
+def test_without_a_cpu_weight_every_session_of_a_run_gets_the_runs_priority(tmp_path, monkeypatch):
+    """The fallback where the cgroup has no cpu controller: Linux shares the CPU between sessions
+    first, so the kernel's session and one the learner's code starts with setsid both get the
+    graded run's priority, and `nice` reaches them."""
     import asyncio
+
+    monkeypatch.setattr(sandbox, "_write_weight", lambda *a: False)
 
     async def main():
         os.chmod(tmp_path, 0o777)

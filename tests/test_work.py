@@ -69,6 +69,31 @@ def test_a_constant_label_with_random_features_earns_nothing():
         work.expect_model_work(PipelineRun("image pipeline", rows=rows, report=_report(100.0)), "image")
 
 
+def test_utilization_is_credited_only_for_the_share_the_models_work_explains():
+    """A run on 2 cores that used 18 CPU-s at a measured 90 %: rows that need 6 CPU-s of the model
+    explain 3 x 6 + 2 x 2 = 22 CPU-s and keep all 90 %; rows that need 0.6 CPU-s explain 5.8, so
+    5.8/18 of the 90 % is credited."""
+    report = _report(90.0)  # 90 % of 2 cores for 10 s: 18 CPU-s
+    assert report.run_cpu_seconds == pytest.approx(18.0) and report.cores == 2
+    assert work.credited_utilization(report, 1000, 0.006, "text") == (pytest.approx(90.0), pytest.approx(22.0))
+    credited, explained = work.credited_utilization(report, 100, 0.006, "text")
+    assert (credited, explained) == (pytest.approx(90.0 * 5.8 / 18), pytest.approx(5.8))
+    report.device = "gpu"  # a GPU run: its utilization is the GPU's, nothing here scales it
+    assert work.credited_utilization(report, 100, 0.006, "text") is None
+
+
+def test_a_busy_run_whose_rows_need_little_of_the_model_is_not_credited_its_utilization(reviews):
+    """The model's own embeddings (the outputs and the work checks pass) from a run whose
+    processes were busy far beyond what 12 rows need: a busy loop beside a sleeping stage."""
+    ids, vectors, tensor = reviews
+    run = _run(ids, vectors, tensor, _report(90.0))
+    work.expect_model_work(run, "text")  # the efficiency and speedup cells ask this much
+    with pytest.raises(CheckFailed, match=r"utilization counts the model's work only: the run used 18.0 CPU-s, "
+                                          r"but its rows explain at most [0-9.]+ \(3 x the [0-9.]+ CPU-s the model needs "
+                                          r"for its 12 rows, and 2 CPU-s for each of 2 cores to start up\)"):
+        work.expect_model_work(run, "text", utilization=70.0)
+
+
 def _timed_report(busy_until: float, seconds: float = 10.0) -> UtilizationReport:
     """The run's processes busy on 2 cores (90 %) until `busy_until`, idle after, with the CPU
     time of each 0.1 s sample as the grader's meter records it."""

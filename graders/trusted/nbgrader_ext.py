@@ -48,6 +48,7 @@ clock; the tests read the run's rows and arrival times from those, not from the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -337,13 +338,23 @@ class MeasuredExecute(OutputLimits, Execute):
             self._custody.start()
         start = time.monotonic()
         try:
-            with monitor:
-                return super().preprocess_cell(cell, resources, index)
+            monitor.__enter__()
+        except RuntimeError as exc:  # the run is graded, unmeasured: its utilization cells then fail, saying so
+            self.log.warning("Utilization monitor: %s", exc)
+            self._measured["monitor"] = f"the grader could not measure this run: {exc}"
+            monitor = None
+        try:
+            return super().preprocess_cell(cell, resources, index)
         finally:  # its report exists once the monitor has stopped, also when the kernel died
             self._measured["run_cell_seconds"] = round(time.monotonic() - start, 3)
+            if monitor is not None:
+                try:
+                    monitor.__exit__(None, None, None)
+                except RuntimeError as exc:  # its samples so far are in its report
+                    self._measured["monitor"] = f"the grader's measurement of this run stopped: {exc}"
             if self._custody is not None:
                 self._custody.stop()
-            self._outside = monitor.report
+            self._outside = monitor.report if monitor is not None else None
             if yardsticks:
                 arrived = self._custody is None or any(self._custody.arrivals.values())
                 self._measured["yardsticks"] = self._finish_yardsticks(*yardsticks, again=arrived)
@@ -367,11 +378,12 @@ class MeasuredExecute(OutputLimits, Execute):
         from graders.trusted import sandbox, yardsticks
 
         reviews = str(self._inputs.staged / "reviews") if renewed else data.paths().reviews
-        try:
-            proc = yardsticks.YardstickProcess(reviews, sandbox.PRIORITY if os.geteuid() == 0 else 0)
-        except Exception as exc:  # the tests then say "inconclusive", with this reason
-            return None, {"error": f"the grader's yardstick process did not start ({type(exc).__name__}: {exc})"}
-        return proc, proc.measure()
+        with self._run_paused():
+            try:
+                proc = yardsticks.YardstickProcess(reviews, sandbox.PRIORITY if os.geteuid() == 0 else 0)
+            except Exception as exc:  # the tests then say "inconclusive", with this reason
+                return None, {"error": f"the grader's yardstick process did not start ({type(exc).__name__}: {exc})"}
+            return proc, proc.measure()
 
     def _finish_yardsticks(self, proc, before: dict, again: bool = True) -> dict:
         """Measure again after the run while before and after disagree; the bracket the tests read.
@@ -385,12 +397,25 @@ class MeasuredExecute(OutputLimits, Execute):
             if not again:
                 return {"error": "not measured after the run: none of its output blocks arrived"}
             while "error" not in before and len(afters) < yardsticks.TRIES:
-                afters.append(proc.measure())
+                with self._run_paused():
+                    afters.append(proc.measure())
                 if yardsticks.agree(before, afters[-1]) or "error" in afters[-1]:
                     break
         finally:
             proc.close()
         return yardsticks.bracket(before, afters)
+
+    @contextlib.contextmanager
+    def _run_paused(self):
+        """The learner's run paused while the grader measures a yardstick (sandbox.RunCgroup.paused):
+        nothing it left running between cells can slow the yardsticks and so flatter its ratios."""
+        cgroup = getattr(self.km, "cgroup", None)
+        if cgroup is None:
+            yield
+            return
+        with cgroup.paused() as paused:
+            self._measured.setdefault("yardsticks_paused_run", paused)
+            yield
 
     def _run_scope(self) -> dict | None:
         """The learner's run, for the outside measurement: the sandbox's cgroup; else the kernel's

@@ -7,7 +7,9 @@ everything it starts (Ray, its workers, a daemon started with `env -i setsid ...
 - its own PID namespace: it sees only its own processes, and when the kernel ends the kernel of
   the machine ends every one of them, however detached;
 - its own cgroup (v1 `memory`, `pids`, `cpuacct`, or v2): a memory limit, a process limit, and a
-  CPU-time counter that holds exactly this run's processes;
+  CPU-time counter that holds exactly this run's processes; where the machine has them, a CPU
+  weight for the run as one (`cpu`) and a freezer the grader pauses it with while it measures
+  its yardsticks (`freezer`);
 - no network (its own network namespace, loopback only; Ray runs on it), unless its data is in
   object storage;
 - a file system of its own: the system, Python, the virtual environment, the course kit, the
@@ -25,6 +27,7 @@ sandbox cannot start here (no bwrap, no user namespaces, no cgroups), in one lin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -44,6 +47,12 @@ MEMORY = "COURSE_SANDBOX_MEMORY"  # bytes for a run's cgroup; default: the machi
 # which ends with the kernel): not "left running" by the learner.
 OURS = ("ipykernel_launcher", "multiprocessing.resource_tracker")
 PRIORITY = int(os.environ.get("COURSE_SANDBOX_NICE", "-10"))  # nice value of a graded run when the grader is root
+# The run's CPU weight against everything else on the machine, when the cgroup cpu controller is
+# there (v1 cpu.shares, 1024 = one ordinary session; v2 cpu.weight, 100): ten times an ordinary
+# session's, like nice -10, but for the whole run as one: however many sessions and processes the
+# learner's code starts, the grader's own processes (its meter, nbgrader) keep at least 1/11 of
+# the cores (see SessionPriority for the fallback).
+CPU_WEIGHT = 10
 PIDS_MAX = 32768  # tasks (threads count) in a run: far above Ray's needs, far below a fork bomb's
 KIT = Path(__file__).resolve().parents[1]  # the course kit, graders/ (this file is in graders/trusted/)
 CGROUP_V1 = Path("/sys/fs/cgroup")
@@ -62,6 +71,10 @@ class RunCgroup:
             self.dirs = [self.v2 / GROUP / name]
         else:
             self.dirs = [CGROUP_V1 / c / GROUP / name for c in ("memory", "pids", "cpuacct")]
+            for extra in ("cpu", "freezer"):  # the run's CPU weight; pausing it (optional, both)
+                if os.access(CGROUP_V1 / extra, os.W_OK):
+                    self.dirs.append(CGROUP_V1 / extra / GROUP / name)
+        self.weighted = False  # the run's CPU weight is set (cpu controller); else nice and autogroups
 
     def create(self) -> "RunCgroup":
         for d in self.dirs:
@@ -69,10 +82,47 @@ class RunCgroup:
         if self.v2:
             (self.dirs[0] / "memory.max").write_text(str(self.memory_bytes))
             (self.dirs[0] / "pids.max").write_text(str(PIDS_MAX))
+            self.weighted = _write_weight(self.dirs[0], "cpu.weight", 100 * CPU_WEIGHT)
         else:
             (self.dirs[0] / "memory.limit_in_bytes").write_text(str(self.memory_bytes))
             (self.dirs[1] / "pids.max").write_text(str(PIDS_MAX))
+            cpu = self._dir("cpu")
+            self.weighted = cpu is not None and _write_weight(cpu, "cpu.shares", 1024 * CPU_WEIGHT)
         return self
+
+    def _dir(self, controller: str) -> Path | None:
+        """This run's folder in a v1 controller's hierarchy, if it has one."""
+        return next((d for d in self.dirs if not self.v2 and d.parent.parent.name == controller), None)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Every process of the run stopped (the cgroup freezer) for the time of the with-block, so
+        that the grader's own measurements (the yardsticks) share the machine with nothing of the
+        run's, whatever its code left running between cells. Yields whether it could pause it."""
+        import time
+
+        if self.v2:
+            state, frozen, thawed = self.dirs[0] / "cgroup.freeze", "1", "0"
+        elif (folder := self._dir("freezer")) is not None:
+            state, frozen, thawed = folder / "freezer.state", "FROZEN", "THAWED"
+        else:
+            yield False
+            return
+        try:
+            state.write_text(frozen)
+            deadline = time.monotonic() + 5.0
+            while self.v2 is None and state.read_text().strip() != frozen and time.monotonic() < deadline:
+                time.sleep(0.01)  # v1 goes through FREEZING while it stops each task
+            paused = self.v2 is not None or state.read_text().strip() == frozen
+        except OSError:
+            paused = False
+        try:
+            yield paused
+        finally:
+            try:
+                state.write_text(thawed)
+            except OSError:
+                pass
 
     def join_prefix(self) -> list[str]:
         """A command prefix that moves itself into this cgroup, then runs the rest of the command."""
@@ -133,6 +183,18 @@ class RunCgroup:
                 d.rmdir()
             except OSError:
                 pass
+
+
+def _write_weight(run: Path, name: str, weight: int) -> bool:
+    """The run's cgroup and its parent (which competes for the machine on the run's behalf) get
+    `weight`; False where the controller is not there. In a cgroup of the cpu controller, Linux
+    no longer gives each session its own share (sched_autogroup applies to the root group only)."""
+    try:
+        for d in (run.parent, run):
+            (d / name).write_text(str(weight))
+        return True
+    except OSError:
+        return False
 
 
 def _v2_root() -> Path | None:
@@ -294,7 +356,7 @@ class SandboxedKernelManager(AsyncKernelManager):
 
     async def _async_post_start_kernel(self, **kw) -> None:
         await super()._async_post_start_kernel(**kw)
-        if self.cgroup and PRIORITY:
+        if self.cgroup and PRIORITY and not self.cgroup.weighted:
             self._priority = SessionPriority(self.cgroup).start()
 
     async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
@@ -346,7 +408,8 @@ class SandboxedKernelManager(AsyncKernelManager):
 
 
 class SessionPriority:
-    """Give every session in the run's cgroup the run's priority, as sessions appear.
+    """Give every session in the run's cgroup the run's priority, as sessions appear (where the
+    run's cgroup has no CPU weight, `RunCgroup.weighted`).
 
     The kernel starts in a session of its own (jupyter_client, then bwrap's --new-session, then
     whatever the learner's code starts with setsid), and Linux (sched_autogroup) shares the CPU

@@ -4,8 +4,8 @@ A learner's code runs in the notebook's kernel, where it can replace `gr.perf.mo
 the naive pipeline with slower versions and so inflate its own efficiency and speedup. So when a
 notebook is graded, those two cells are not run there (`MeasuredExecute.grader_cells`): this
 module measures both in a process of the grader's, started fresh from this file, that the
-learner's code never touched, with the run's priority and on the run's cores
-(`MeasuredExecute._bracket`):
+learner's code never touched, with the run's priority and on the run's cores, while every
+process of the run is paused (`MeasuredExecute._run_paused`):
 
 1. once **before** the learner's pipeline runs, and once **after** it;
 2. again after it, up to `TRIES` times, while before and after disagree by more than

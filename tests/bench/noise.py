@@ -10,6 +10,9 @@ per condition, and the cells a submission must never earn:
   yardsticks with slower ones: never efficiency or speedup;
 - sleeping: sleeps in its model stage and patches its utilization reports to 100 %: never the
   utilization cell;
+- busy beside: the real model in a stage that sleeps, with Ray tasks spinning beside it so the
+  run's processes read busy: never the utilization cell (only the share of the utilization the
+  model's work explains is credited, graders/work.py);
 - fake: no model, a busy loop beside constant or random outputs: never the utilization,
   efficiency or speedup cells;
 - precomputed: the model's outputs computed in the solution cell, before the measured run, and
@@ -177,6 +180,7 @@ SUBMISSIONS = {
             bad_submissions._edit("image_pipeline", "def build_image_pipeline(", bad_submissions.SPIN)),
         "precomputed": lambda nb: _replace(PRECOMPUTED_IMAGES)(nb, "image_pipeline"),
         "precomputed_busy": bad_submissions.KINDS["precomputed_busy"].mutate,
+        "busy_beside": bad_submissions.KINDS["busy_beside"].mutate,
     },
     "02_advanced_processing": {
         "reference": None,
@@ -188,6 +192,10 @@ SUBMISSIONS = {
         "precomputed_busy": lambda nb: _replace(PRECOMPUTED_BUSY_TEXTS)(nb, "embedding_pipeline"),
         "held_back": _held_back,
         "forged_stream": lambda nb: _replace(FORGED_STREAM)(nb, "embedding_pipeline"),
+        "busy_beside": bad_submissions._chain(
+            bad_submissions._edit("embedding_pipeline", "        def __call__(self, batch):\n",
+                                  bad_submissions.SLEEPY_STAGE.format(seconds=0.5)),
+            bad_submissions._edit("embedding_pipeline", "        def __init__(self):\n", bad_submissions.BUSY_BESIDE.format(busy=2))),
     },
 }
 
@@ -198,7 +206,7 @@ def never(phase: str, name: str) -> set[str]:
         return set()
     if name in ("naive", "held_back", "forged_stream"):
         return set(SPEED[phase])
-    if name == "sleeping":
+    if name in ("sleeping", "busy_beside"):
         return set(UTILIZATION[phase])
     return set(UTILIZATION[phase]) | set(SPEED[phase])
 
