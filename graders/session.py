@@ -259,6 +259,11 @@ def start(quiet: bool | None = None, progress: bool | None = None) -> Resources:
                 # job from using the workers Ray starts in advance (about 6 s more per notebook).
                 ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, **options)
             else:
+                # No dashboard, so no State API: Ray Train's placement-group cleaner (a worker of
+                # every fit) asks GCS for the dashboard's address for 40 s, then its thread dies with
+                # a traceback in the notebook (a fit of 50 s showed it). An address that refuses at
+                # once makes the State API fail the way the cleaner expects, and it carries on quietly.
+                os.environ.setdefault("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:1")
                 ray.init(num_cpus=_local_cpus(), num_gpus=_local_gpu_count(), include_dashboard=False, **options)
     res = resources()
     note = _configure_output(quiet, progress, res.cpus)
