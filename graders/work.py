@@ -92,8 +92,8 @@ def _why_not_useful(run, kind: str, target: float) -> str | None:
     if share < target:
         return (f"the run used {report.run_cpu_seconds:.1f} CPU-s, but its rows explain at most {explained:.1f} ({how}), "
                 f"so {share:.1f} % of the measured {report.mean:.1f} % counts, under the target {target:g} %. CPU time "
-                "beyond the model's work (a busy loop, thread or process, the model loaded again for every batch) "
-                "is not utilization: keep the model stage itself busy.")
+                "beyond the model's work (a busy loop, thread or process beside it) is not utilization: keep the "
+                "model stage itself busy.")
     return None
 
 

@@ -3,8 +3,9 @@
 One class, its first two runs (the reference, and the sleeping pipeline with a forged report)
 graded while a neighbour process keeps one core busy (a shared machine): the reference,
 the blank release, and the students of `bad_submissions.STUDENTS`, who
-make between them every kind of mistake in `bad_submissions.KINDS` (19 kinds, two to four per
-student, including a wrong schema, faked utilization and hooks that attack the test cells). The run must finish; each kind gets the
+make between them every kind of mistake in `bad_submissions.KINDS` (20 kinds, one to four per
+student, including a wrong schema, faked utilization, busy processes beside a sleeping model stage
+and hooks that attack the test cells). The run must finish; each kind gets the
 expected score per graded cell and a readable reason in its student's feedback;
 no feedback shows hidden tests; every student is in the class CSV and in nbgrader's export; and
 nothing of any run is left running.
