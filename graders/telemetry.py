@@ -506,8 +506,7 @@ class UtilizationReport:
             if all("cpu_run_s" in s for s in timeline):  # measured CPU time, whatever the beat was
                 report.run_cpu_seconds = sum(s["cpu_run_s"] for s in timeline)
             else:
-                cores = int(info.get("cpu_count") or psutil.cpu_count() or 1)
-                report.run_cpu_seconds = sum(s["cpu_run"] for s in timeline) / 100.0 * cores * float(interval)
+                report.run_cpu_seconds = sum(s["cpu_run"] for s in timeline) / 100.0 * report.cores * float(interval)
             report.run_cpu_mean = _stats([s["cpu_run"] for s in window])[0]
             report.wait_mean = _stats([s.get("cpu_wait", 0.0) for s in window])[0]
         if is_gpu and any("gpu_run" in s for s in window):

@@ -79,13 +79,15 @@ def credited_utilization(report, rows: int, per_row: float, kind: str) -> tuple[
 
 
 def _why_not_useful(run, kind: str, target: float) -> str | None:
-    report, rows = run.report, run.table().num_rows
+    report, table = run.report, run.table()
+    rows = _distinct_inputs(table, kind)
     credited = credited_utilization(report, rows, run._per_row, kind) if run._per_row else None
     if credited is None:
         return None
     share, explained = credited
-    needed, cores = run._per_row * rows, report.cores or 1
-    how = (f"{OVERHEAD[kind]:g} x the {needed:.1f} CPU-s the model needs for its {rows:,} rows, "
+    cores = report.cores or 1
+    repeated = " (repeated or unknown inputs counted once)" if rows < table.num_rows else ""
+    how = (f"{OVERHEAD[kind]:g} x the {run._per_row * rows:.1f} CPU-s the model needs for its {rows:,} rows{repeated}, "
            f"and {START_PER_CORE:g} CPU-s for each of {cores} core{'s' if cores != 1 else ''} to start up")
     print(f"useful work: the rows explain {explained:.1f} CPU-s ({how}) of the {report.run_cpu_seconds:.1f} the run "
           f"used: utilization credited {share:.1f} % of the measured {report.mean:.1f} %")
@@ -95,6 +97,17 @@ def _why_not_useful(run, kind: str, target: float) -> str | None:
                 "beyond the model's work (a busy loop, thread or process beside it) is not utilization: keep the "
                 "model stage itself busy.")
     return None
+
+
+def _distinct_inputs(table, kind: str) -> int:
+    """The rows a run's CPU time may be explained by: its distinct inputs (image paths or review
+    ids), at most as many as the course has, so that rows repeated or made up explain nothing."""
+    import pyarrow.compute as pc
+
+    from graders import data
+
+    key, most = ("path", data.counts().images) if kind == "image" else ("review_id", data.counts().reviews_kept)
+    return min(pc.count_distinct(table.column(key)).as_py(), most)
 
 
 def _why_not(run, kind: str, sample: int, seed: int) -> str | None:

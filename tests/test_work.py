@@ -94,6 +94,16 @@ def test_a_busy_run_whose_rows_need_little_of_the_model_is_not_credited_its_util
         work.expect_model_work(run, "text", utilization=70.0)
 
 
+def test_repeated_rows_explain_no_more_cpu_time_than_the_inputs_they_repeat(reviews):
+    """The model's own 12 embeddings, each handed out 100 times: 1,200 rows would explain the
+    busy run's 18 CPU-s; the 12 distinct reviews do not."""
+    ids, vectors, tensor = reviews
+    run = _run(pa.concat_arrays([ids.combine_chunks()] * 100), np.tile(vectors, (100, 1)), tensor, _report(90.0))
+    assert work.credited_utilization(run.report, 1200, 0.006, "text")[0] == pytest.approx(90.0)
+    with pytest.raises(CheckFailed, match=r"for its 12 rows \(repeated or unknown inputs counted once\)"):
+        work.expect_model_work(run, "text", utilization=70.0)
+
+
 def _timed_report(busy_until: float, seconds: float = 10.0) -> UtilizationReport:
     """The run's processes busy on 2 cores (90 %) until `busy_until`, idle after, with the CPU
     time of each 0.1 s sample as the grader's meter records it."""
